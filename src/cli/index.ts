@@ -1,0 +1,75 @@
+// The `gprxy` command: dispatches subcommands (start, dev, passwd, config check) from a table.
+import { parseArgs } from 'node:util';
+import { passwdCommand } from './passwd.ts';
+import { startCommand } from './start.ts';
+
+interface Command {
+  summary: string;
+  run(args: string[]): Promise<number>;
+}
+
+const commands: Record<string, Command> = {
+  start: { summary: 'run the proxy: gprxy start --config gprxy.yaml', run: startCommand },
+  dev: {
+    summary: 'run gprxy on an embedded PostgreSQL with a demo database (no setup needed)',
+    run: async (args) => (await import('./dev.ts')).devCommand(args),
+  },
+  passwd: {
+    summary: 'print a userlist.txt line with a fresh SCRAM verifier: gprxy passwd USER',
+    run: passwdCommand,
+  },
+  config: { summary: 'gprxy config check --config gprxy.yaml: validate a config file', run: configCommand },
+};
+
+function usage(): string {
+  const lines = Object.entries(commands).map(([name, c]) => `  ${name.padEnd(8)} ${c.summary}`);
+  return `usage: gprxy <command> [options]\n\ncommands:\n${lines.join('\n')}\n`;
+}
+
+async function configCommand(args: string[]): Promise<number> {
+  const { positionals, values } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: { config: { type: 'string', short: 'c', default: 'gprxy.yaml' } },
+  });
+  if (positionals[0] !== 'check') {
+    process.stderr.write('usage: gprxy config check --config gprxy.yaml\n');
+    return 2;
+  }
+  const { loadConfigFile } = await import('../config/load.ts');
+  try {
+    loadConfigFile(values.config, process.env);
+    process.stdout.write(`${values.config}: ok\n`);
+    return 0;
+  } catch (e) {
+    process.stderr.write(`${(e as Error).message}\n`);
+    return 1;
+  }
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write(usage());
+    return name ? 0 : 2;
+  }
+  if (name === '--version' || name === 'version') {
+    const { readFileSync } = await import('node:fs');
+    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
+      version: string;
+    };
+    process.stdout.write(`gprxy ${pkg.version}\n`);
+    return 0;
+  }
+  const cmd = commands[name];
+  if (!cmd) {
+    process.stderr.write(`gprxy: unknown command "${name}"\n\n${usage()}`);
+    return 2;
+  }
+  try {
+    return await cmd.run(rest);
+  } catch (e) {
+    process.stderr.write(`gprxy ${name}: ${(e as Error).message}\n`);
+    return 1;
+  }
+}

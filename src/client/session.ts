@@ -1,0 +1,410 @@
+// ClientSession: owns one client socket. Startup -> Auth -> Attaching -> Active -> Closing -> Closed; routes the
+// client to its pool, applies its startup parameters, relays, and returns the server clean (or closes it).
+import { randomBytes } from 'node:crypto';
+import type { IssuedKey } from '../cancel/registry.ts';
+import { findDatabase, poolSettings } from '../config/load.ts';
+import type { DatabaseConfig } from '../config/schema.ts';
+import type { Logger } from '../log/logger.ts';
+import type { AcceptedClient, ClientSocket } from '../net/listener.ts';
+import type { Lease, Pool } from '../pool/pool.ts';
+import {
+  encodeAuthOk,
+  encodeBackendKeyData,
+  encodeError,
+  encodeNegotiateProtocolVersion,
+  encodeParameterStatus,
+  encodeReadyForQuery,
+} from '../protocol/backend.ts';
+import { PgError, toPgError } from '../protocol/errors.ts';
+import { type Frame, MAX_AUTH_MESSAGE, MessageFramer } from '../protocol/framer.ts';
+import { type ClientIO, SessionRelay } from '../relay/relay.ts';
+import type { BackendCredential, ServerConnection } from '../server/connection.ts';
+import { type AuthChannel, authenticateClient } from './auth.ts';
+import type { ProxyContext } from './context.ts';
+import { startupSettings } from './startup-params.ts';
+
+export type SessionState = 'startup' | 'auth' | 'attaching' | 'active' | 'closing' | 'closed';
+
+const ALLOWED: Record<SessionState, readonly SessionState[]> = {
+  startup: ['auth', 'closing', 'closed'],
+  auth: ['attaching', 'closing', 'closed'],
+  attaching: ['active', 'closing', 'closed'],
+  active: ['closing', 'closed'],
+  closing: ['closed'],
+  closed: [],
+};
+
+let nextSessionId = 1;
+
+export class ClientSession implements ClientIO, AuthChannel {
+  readonly id = nextSessionId++;
+  state: SessionState = 'startup';
+  readonly user: string;
+  readonly database: string;
+  readonly log: Logger;
+  readonly connectedAt: number;
+  onDrain: (() => void) | undefined;
+
+  private framer: MessageFramer | null = new MessageFramer(MAX_AUTH_MESSAGE);
+  private frameWaiter: { resolve(f: Frame): void; reject(e: Error): void } | null = null;
+  private lease: Lease<ServerConnection> | null = null;
+  private relay: SessionRelay | null = null;
+  private key: IssuedKey | null = null;
+  private loginTimer: NodeJS.Timeout | undefined;
+  private readonly socket: ClientSocket;
+  private readonly onEnd: (s: ClientSession) => void;
+  private closeReason = '';
+
+  constructor(
+    private readonly ctx: ProxyContext,
+    private readonly accepted: AcceptedClient,
+    onEnd: (s: ClientSession) => void,
+  ) {
+    this.socket = accepted.socket;
+    this.onEnd = onEnd;
+    this.connectedAt = accepted.acceptedAt;
+    const params = accepted.startup.params;
+    this.user = params.get('user') ?? '';
+    this.database = params.get('database') || this.user;
+    this.log = ctx.log.child({
+      session: this.id,
+      db: this.database,
+      user: this.user,
+      client: `${accepted.remoteAddress}:${accepted.remotePort}`,
+    });
+    this.socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    this.socket.on('error', (e: NodeJS.ErrnoException) =>
+      this.onSocketGone(`client socket error: ${e.code ?? e.message}`),
+    );
+    this.socket.on('close', () => this.onSocketGone('client closed the connection'));
+    this.socket.on('drain', () => this.onDrain?.());
+  }
+
+  private transition(to: SessionState): void {
+    if (this.state === to) return;
+    if (!ALLOWED[this.state].includes(to)) throw new Error(`GPRXY_SESSION_STATE: ${this.state} -> ${to}`);
+    this.state = to;
+  }
+
+  /** Runs the login; the session then relays until either side ends. */
+  async start(): Promise<void> {
+    const cfg = this.ctx.config();
+    const remaining = Math.max(1, cfg.client_login_timeout - (Date.now() - this.accepted.acceptedAt));
+    this.loginTimer = setTimeout(() => {
+      this.log.info({ event: 'login_failed', reason: 'client_login_timeout' }, 'login failed');
+      this.fail(
+        new PgError('FATAL', '08006', 'login timed out (client_login_timeout)', {
+          code: 'GPRXY_LOGIN_TIMEOUT',
+        }),
+      );
+    }, remaining);
+    this.loginTimer.unref();
+    if (this.accepted.leftover.length) this.framer?.push(this.accepted.leftover);
+    this.socket.resume();
+    try {
+      await this.login();
+    } catch (e) {
+      const err = toPgError(e, 'GPRXY_LOGIN');
+      if (this.state !== 'closed' && this.state !== 'closing') {
+        this.log.info(
+          { event: 'login_failed', reason: err.code ?? err.sqlState, sqlstate: err.sqlState },
+          'login failed',
+        );
+      }
+      if (!(err.sqlState === 'XX000')) this.fail(err);
+      else {
+        this.log.error({ err: e }, 'internal error during login');
+        this.fail(err);
+      }
+    } finally {
+      clearTimeout(this.loginTimer);
+    }
+  }
+
+  private async login(): Promise<void> {
+    const cfg = this.ctx.config();
+    const a = this.accepted;
+    const startup = a.startup;
+    if (this.ctx.draining()) throw PgError.shuttingDown();
+    if (this.ctx.clientCount() > cfg.max_client_conn) {
+      throw PgError.tooManyConnections(
+        'no more connections allowed (max_client_conn)',
+        'GPRXY_MAX_CLIENT_CONN',
+      );
+    }
+    if (this.user === '')
+      throw PgError.notAllowed('no PostgreSQL user name specified in startup packet', 'GPRXY_NO_USER');
+    if (startup.params.has('replication')) {
+      const r = startup.params.get('replication');
+      if (r !== 'false' && r !== 'off' && r !== '0' && r !== 'no') {
+        throw new PgError('FATAL', '0A000', 'replication connections are not supported by gprxy yet', {
+          code: 'GPRXY_REPLICATION',
+        });
+      }
+    }
+    if (cfg.listen.require_tls && !a.tls && !(a.loopback && cfg.listen.allow_plain_loopback)) {
+      throw PgError.notAllowed('gprxy requires TLS (connect with sslmode=require)', 'GPRXY_TLS_REQUIRED');
+    }
+    const db = findDatabase(cfg, this.database);
+    if (!db) throw PgError.unknownDatabase(this.database);
+
+    // Protocol 3.0 only; _pq_ options are never applied as settings.
+    const unknownOpts = [...startup.params.keys()].filter((k) => k.startsWith('_pq_.'));
+    if (startup.minor > 0 || unknownOpts.length) this.send(encodeNegotiateProtocolVersion(0, unknownOpts));
+
+    this.transition('auth');
+    const outcome = await authenticateClient(this, {
+      type: cfg.auth.type,
+      user: this.user,
+      secret: this.ctx.secretFor(this.user),
+      cleartextAllowed: a.tls || (a.loopback && cfg.auth.allow_cleartext_loopback),
+      mockKey: this.ctx.mockKey,
+    });
+    if (outcome.learned) this.ctx.learned.set(this.user, outcome.learned);
+    this.send(encodeAuthOk());
+    this.log.info({ event: 'login', method: outcome.method, tls: a.tls }, 'client authenticated');
+
+    this.transition('attaching');
+    const pool = this.poolFor(db);
+    const lease = await pool.acquire();
+    if (this.state !== 'attaching') {
+      lease.release(lease.server.reusable, 'client left while waiting');
+      return;
+    }
+    this.lease = lease;
+    const server = lease.server;
+    const settings = startupSettings(startup.params, server.params);
+    if (settings.error) throw settings.error;
+    if (settings.sql) {
+      const err = await server.query(settings.sql);
+      if (err) {
+        // The client's own startup value was rejected, as PostgreSQL would have at startup.
+        throw new PgError('FATAL', err.sqlState, err.message, { code: 'GPRXY_STARTUP_PARAM' });
+      }
+    }
+    if (this.state !== 'attaching') return;
+
+    for (const [k, v] of server.params) this.queue(encodeParameterStatus(k, v));
+    this.key = this.ctx.cancels.issue(this, server.pid);
+    this.queue(encodeBackendKeyData(this.key.pid, this.key.secret));
+    this.queue(encodeReadyForQuery(server.txStatus));
+    this.transition('active');
+    clearTimeout(this.loginTimer);
+    this.relay = new SessionRelay(this, server, {
+      terminate: () => this.end('client sent Terminate'),
+      serverClosed: (error) => this.onServerClosed(error),
+      clientProtocolError: (error) => this.fail(error),
+    });
+    this.framer = null;
+    this.flush();
+  }
+
+  private poolFor(db: DatabaseConfig): Pool<ServerConnection> {
+    const cfg = this.ctx.config();
+    const backendUser = db.user ?? this.user;
+    const key = { database: this.database, user: backendUser };
+    const settings = poolSettings(cfg, this.database, backendUser);
+    const ctx = this.ctx;
+    const forced = db.user !== undefined && db.password !== undefined;
+    const forcedPassword = db.password;
+    const database = db.dbname ?? this.database;
+    return ctx.pools.getOrCreate(key, settings, () => {
+      // Read the config and credentials at dial time: a reload or a re-learned credential applies to new servers.
+      const c = ctx.config();
+      const d = findDatabase(c, key.database) ?? db;
+      const credential: BackendCredential | undefined = forced
+        ? { kind: 'password', password: forcedPassword! }
+        : backendCredential(ctx, backendUser);
+      return ctx.connectServer({
+        host: d.host,
+        port: d.port,
+        tls: d.server_tls ?? c.server_tls,
+        connectTimeoutMs: poolSettings(c, key.database, key.user).server_connect_timeout,
+        database,
+        user: backendUser,
+        credential,
+      });
+    });
+  }
+
+  // ---- AuthChannel -------------------------------------------------------------------------------------------
+
+  send(bytes: Buffer): void {
+    if (!this.socket.destroyed) this.socket.write(bytes);
+  }
+
+  next(): Promise<Frame> {
+    const f = this.framer?.next();
+    if (f) return Promise.resolve(f);
+    if (this.state === 'closing' || this.state === 'closed') {
+      return Promise.reject(new PgError('FATAL', '08006', 'client went away', { code: 'GPRXY_CLIENT_GONE' }));
+    }
+    return new Promise((resolve, reject) => {
+      this.frameWaiter = { resolve, reject };
+    });
+  }
+
+  private pendingOut: Buffer[] = [];
+
+  private queue(bytes: Buffer): void {
+    this.pendingOut.push(bytes);
+  }
+
+  private flush(): void {
+    if (this.pendingOut.length === 0) return;
+    const out = this.pendingOut.length === 1 ? this.pendingOut[0]! : Buffer.concat(this.pendingOut);
+    this.pendingOut = [];
+    this.send(out);
+  }
+
+  // ---- ClientIO (for the relay) ------------------------------------------------------------------------------
+
+  write(bytes: Buffer): boolean {
+    if (this.socket.destroyed) return true;
+    return this.socket.write(bytes);
+  }
+
+  pause(): void {
+    this.socket.pause();
+  }
+
+  resume(): void {
+    this.socket.resume();
+  }
+
+  cork(): void {
+    this.socket.cork();
+  }
+
+  uncork(): void {
+    this.socket.uncork();
+  }
+
+  /** Cancellable: a CancelRequest for this session's key goes to the server it uses right now. */
+  cancel(): void {
+    const server = this.lease?.server;
+    if (!server || server.closed || this.state !== 'active') return;
+    this.log.info({ event: 'cancel', server_pid: server.pid }, 'forwarding cancel request');
+    this.ctx.cancelServer(server);
+  }
+
+  // ---- inbound -----------------------------------------------------------------------------------------------
+
+  private onData(chunk: Buffer): void {
+    if (this.relay) {
+      this.relay.fromClient(chunk);
+      return;
+    }
+    if (!this.framer) return;
+    try {
+      this.framer.push(chunk);
+      if (this.frameWaiter) {
+        const f = this.framer.next();
+        if (f) {
+          const w = this.frameWaiter;
+          this.frameWaiter = null;
+          w.resolve(f);
+        }
+      }
+    } catch (e) {
+      this.fail(toPgError(e));
+    }
+  }
+
+  private onSocketGone(reason: string): void {
+    if (this.state === 'closed' || this.state === 'closing') return;
+    this.end(reason);
+  }
+
+  private onServerClosed(error: PgError | undefined): void {
+    // A server FATAL was already forwarded as PostgreSQL said it; a silent loss gets 08006.
+    this.log.warn(
+      { event: 'server_lost', reason: this.lease?.server.closeReason, sqlstate: error?.sqlState },
+      'server connection lost',
+    );
+    if (error) this.end('server closed the connection');
+    else this.fail(PgError.serverGone('server connection lost'));
+  }
+
+  // ---- ending ------------------------------------------------------------------------------------------------
+
+  /** Sends a FATAL (or ERROR) and ends the session. */
+  fail(err: PgError): void {
+    if (this.state === 'closed' || this.state === 'closing') return;
+    this.flush();
+    if (!this.socket.destroyed && this.socket.writable) this.socket.write(encodeError(err));
+    this.end(err.message);
+  }
+
+  /** Ends the session: the server goes back clean or is closed; never handed on dirty. */
+  end(reason: string): void {
+    if (this.state === 'closed' || this.state === 'closing') return;
+    this.closeReason = reason;
+    const wasActive = this.state === 'active';
+    this.transition('closing');
+    clearTimeout(this.loginTimer);
+    const w = this.frameWaiter;
+    this.frameWaiter = null;
+    w?.reject(new PgError('FATAL', '08006', 'client went away', { code: 'GPRXY_CLIENT_GONE' }));
+    if (this.key) this.ctx.cancels.revoke(this.key);
+    this.relay?.stop();
+    this.relay = null;
+    this.socket.end();
+    setTimeout(() => this.socket.destroy(), 1000).unref();
+    const lease = this.lease;
+    this.lease = null;
+    if (lease) void this.returnServer(lease);
+    this.transition('closed');
+    this.log.info(
+      { event: 'disconnect', reason, duration_ms: Date.now() - this.connectedAt, was_active: wasActive },
+      'client disconnected',
+    );
+    this.onEnd(this);
+  }
+
+  /** Resets a session-mode server (server_reset_query at ReadyForQuery 'I') and returns it, or closes it. */
+  private async returnServer(lease: Lease<ServerConnection>): Promise<void> {
+    const server = lease.server;
+    if (server.closed) return lease.release(false, 'closed');
+    const settings = poolSettings(this.ctx.config(), this.database, server.target.user);
+    try {
+      if (server.outstanding > 0 || server.inCopy) {
+        // A query is still running: cancel it and drop the server rather than wait on it.
+        this.ctx.cancelServer(server);
+        return lease.release(false, 'client left during a query');
+      }
+      if (server.txStatus !== 'I') {
+        const err = await server.query('ROLLBACK');
+        if (err || !server.reusable) return lease.release(false, 'rollback failed');
+      }
+      if (settings.server_reset_query) {
+        const err = await server.query(settings.server_reset_query);
+        if (err) {
+          this.log.warn({ event: 'reset_failed', sqlstate: err.sqlState }, 'server_reset_query failed');
+          return lease.release(false, 'reset failed');
+        }
+      }
+      lease.release(server.reusable, 'not idle after reset');
+    } catch {
+      lease.release(false, 'reset failed');
+    }
+  }
+
+  get reason(): string {
+    return this.closeReason;
+  }
+}
+
+/** What gprxy logs in to the server with for this user: configured password, auth file plaintext, or learned. */
+export function backendCredential(ctx: ProxyContext, user: string): BackendCredential | undefined {
+  const s = ctx.secretFor(user);
+  if (s?.kind === 'plain') return { kind: 'password', password: s.password };
+  const learned = ctx.learned.get(user);
+  if (learned) return learned;
+  if (s?.kind === 'md5') return { kind: 'md5', hash: s.hash };
+  return undefined;
+}
+
+export function newMockKey(): Buffer {
+  return randomBytes(32);
+}

@@ -1,0 +1,136 @@
+// Loading the config: YAML text + environment -> validated, frozen Config; lookups of databases and pool settings.
+import { readFileSync } from 'node:fs';
+import { dirname, isAbsolute, resolve } from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import type { ZodError } from 'zod';
+import {
+  configSchema,
+  type DatabaseConfig,
+  type ParsedConfig,
+  POOL_DEFAULTS,
+  POOL_KEYS,
+  type PoolSettings,
+  type RawConfig,
+} from './schema.ts';
+
+export type Config = Readonly<ParsedConfig> & {
+  /** Directory relative paths in the file are resolved against. */
+  readonly baseDir: string;
+  readonly source: string;
+};
+
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+export type Env = Readonly<Record<string, string | undefined>>;
+
+/** Replaces `${NAME}` in every string value; an unset variable is an error naming the key. */
+function substituteEnv(value: unknown, env: Env, path: string): unknown {
+  if (typeof value === 'string') {
+    return value.replace(/\$\{([A-Za-z_][A-Za-z0-9_]*)\}/g, (_, name: string) => {
+      const v = env[name];
+      if (v === undefined)
+        throw new ConfigError(`${path || '(root)'}: environment variable ${name} is not set`);
+      return v;
+    });
+  }
+  if (Array.isArray(value)) return value.map((v, i) => substituteEnv(v, env, `${path}[${i}]`));
+  if (value !== null && typeof value === 'object') {
+    const out: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(value)) out[k] = substituteEnv(v, env, path ? `${path}.${k}` : k);
+    return out;
+  }
+  return value;
+}
+
+function formatZodError(err: ZodError): string {
+  return err.issues
+    .map((i) => {
+      const key = i.path.length ? i.path.join('.') : '(root)';
+      return `${key}: ${i.message}`;
+    })
+    .join('; ');
+}
+
+function deepFreeze<T>(o: T): T {
+  if (o !== null && typeof o === 'object' && !Object.isFrozen(o)) {
+    Object.freeze(o);
+    for (const v of Object.values(o)) deepFreeze(v);
+  }
+  return o;
+}
+
+export function parseConfig(raw: unknown, opts: { env: Env; baseDir: string; source: string }): Config {
+  if (raw === null || raw === undefined) raw = {};
+  const substituted = substituteEnv(raw, opts.env, '');
+  const result = configSchema.safeParse(substituted);
+  if (!result.success)
+    throw new ConfigError(`invalid config ${opts.source}: ${formatZodError(result.error)}`);
+  const c = result.data;
+  const abs = (p: string | undefined) => (p === undefined || isAbsolute(p) ? p : resolve(opts.baseDir, p));
+  if (c.auth.file !== undefined) c.auth.file = abs(c.auth.file);
+  if (c.listen.tls) {
+    c.listen.tls.cert = abs(c.listen.tls.cert)!;
+    c.listen.tls.key = abs(c.listen.tls.key)!;
+    c.listen.tls.ca = abs(c.listen.tls.ca);
+  }
+  for (const t of [c.server_tls, ...Object.values(c.databases).map((d) => d.server_tls)]) {
+    if (!t) continue;
+    t.ca = abs(t.ca);
+    t.cert = abs(t.cert);
+    t.key = abs(t.key);
+  }
+  if (c.listen.tls === undefined && c.listen.require_tls) {
+    throw new ConfigError(
+      `invalid config ${opts.source}: listen.require_tls: needs listen.tls (cert and key)`,
+    );
+  }
+  return deepFreeze({ ...c, baseDir: opts.baseDir, source: opts.source });
+}
+
+export function parseConfigText(text: string, opts: { env: Env; baseDir: string; source: string }): Config {
+  let raw: unknown;
+  try {
+    raw = parseYaml(text);
+  } catch (e) {
+    throw new ConfigError(`invalid YAML in ${opts.source}: ${(e as Error).message}`);
+  }
+  return parseConfig(raw, opts);
+}
+
+export function loadConfigFile(path: string, env: Env): Config {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    throw new ConfigError(`cannot read config ${path}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
+  }
+  return parseConfigText(text, { env, baseDir: dirname(resolve(path)), source: path });
+}
+
+export function configFromObject(raw: RawConfig, baseDir = process.cwd()): Config {
+  return parseConfig(raw, { env: {}, baseDir, source: '(inline)' });
+}
+
+/** The database entry a client's database name routes to: exact name, else the `*` fallback. */
+export function findDatabase(config: Config, name: string): DatabaseConfig | undefined {
+  return config.databases[name] ?? config.databases['*'];
+}
+
+export function poolSettings(config: Config, dbName: string, userName: string): PoolSettings {
+  const db = findDatabase(config, dbName);
+  const user = config.users[userName];
+  const out = { ...POOL_DEFAULTS } as Record<keyof PoolSettings, unknown>;
+  for (const layer of [config, db, user]) {
+    if (!layer) continue;
+    for (const k of POOL_KEYS) {
+      const v = (layer as Partial<PoolSettings>)[k];
+      if (v !== undefined) out[k] = v;
+    }
+  }
+  return out as unknown as PoolSettings;
+}

@@ -1,0 +1,146 @@
+// Configuration schema (zod): YAML shape -> validated, frozen Config with durations in milliseconds.
+import { z } from 'zod';
+
+/** Durations: a number is seconds (pgbouncer's unit); strings take ms, s, m, h suffixes. */
+const duration = z.union([z.number().nonnegative(), z.string()]).transform((v, ctx) => {
+  if (typeof v === 'number') return Math.round(v * 1000);
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$/.exec(v);
+  if (!m) {
+    ctx.addIssue({ code: 'custom', message: `invalid duration "${v}" (use e.g. 500ms, 30s, 5m)` });
+    return z.NEVER;
+  }
+  const n = Number(m[1]);
+  const unit = m[2] ?? 's';
+  const factor = unit === 'ms' ? 1 : unit === 's' ? 1000 : unit === 'm' ? 60_000 : 3_600_000;
+  return Math.round(n * factor);
+});
+
+const sslmode = z.enum(['disable', 'prefer', 'require', 'verify-ca', 'verify-full']);
+const poolMode = z.enum(['session', 'transaction', 'statement']);
+
+/** Pool settings with pgbouncer's names; settable globally, per database and per user. */
+const poolSettingsShape = {
+  pool_mode: poolMode.optional(),
+  default_pool_size: z.number().int().positive().optional(),
+  min_pool_size: z.number().int().nonnegative().optional(),
+  reserve_pool_size: z.number().int().nonnegative().optional(),
+  reserve_pool_timeout: duration.optional(),
+  max_db_connections: z.number().int().nonnegative().optional(),
+  max_user_connections: z.number().int().nonnegative().optional(),
+  server_reset_query: z.string().optional(),
+  query_wait_timeout: duration.optional(),
+  server_idle_timeout: duration.optional(),
+  server_lifetime: duration.optional(),
+  server_connect_timeout: duration.optional(),
+  server_login_retry: duration.optional(),
+};
+
+const tlsFiles = z.strictObject({
+  cert: z.string(),
+  key: z.string(),
+  ca: z.string().optional(),
+  ciphers: z.string().optional(),
+  min_version: z.enum(['TLSv1.2', 'TLSv1.3']).default('TLSv1.2'),
+});
+
+const serverTls = z.strictObject({
+  sslmode: sslmode.default('prefer'),
+  ca: z.string().optional(),
+  cert: z.string().optional(),
+  key: z.string().optional(),
+});
+
+const database = z.strictObject({
+  host: z.string().default('127.0.0.1'),
+  port: z.number().int().min(1).max(65535).default(5432),
+  dbname: z.string().optional(),
+  user: z.string().optional(),
+  password: z.string().optional(),
+  server_tls: serverTls.optional(),
+  ...poolSettingsShape,
+});
+
+const user = z.strictObject({
+  password: z.string().optional(),
+  ...poolSettingsShape,
+});
+
+export const configSchema = z.strictObject({
+  listen: z
+    .strictObject({
+      host: z.string().default('127.0.0.1'),
+      port: z.number().int().min(0).max(65535).default(6432),
+      tls: tlsFiles.optional(),
+      require_tls: z.boolean().default(false),
+      /** With require_tls, let loopback clients in without TLS. */
+      allow_plain_loopback: z.boolean().default(true),
+    })
+    .prefault({}),
+  log_level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  max_client_conn: z.number().int().positive().default(1000),
+  client_login_timeout: duration.prefault(60),
+  shutdown_timeout: duration.prefault(30),
+  /** Largest message the proxy buffers to decode (Query, Parse, ...). */
+  max_packet_size: z
+    .number()
+    .int()
+    .min(1024)
+    .default(2 ** 30 - 1),
+  tcp_keepalive: z.boolean().default(true),
+  auth: z
+    .strictObject({
+      /** pgbouncer's auth_type: the exchange offered to clients. */
+      type: z.enum(['scram-sha-256', 'md5', 'plain', 'trust']).default('scram-sha-256'),
+      file: z.string().optional(),
+      /** Cleartext password over plain TCP from loopback (never from elsewhere). */
+      allow_cleartext_loopback: z.boolean().default(false),
+    })
+    .prefault({}),
+  server_tls: serverTls.prefault({}),
+  databases: z.record(z.string(), database).default({}),
+  users: z.record(z.string(), user).default({}),
+  ...poolSettingsShape,
+});
+
+export type RawConfig = z.input<typeof configSchema>;
+export type ParsedConfig = z.output<typeof configSchema>;
+export type DatabaseConfig = z.output<typeof database>;
+export type UserConfig = z.output<typeof user>;
+export type ServerTlsConfig = z.output<typeof serverTls>;
+export type ListenTlsConfig = z.output<typeof tlsFiles>;
+export type PoolMode = z.output<typeof poolMode>;
+
+/** Effective pool settings for one (database, user): user overrides database overrides global overrides defaults. */
+export interface PoolSettings {
+  pool_mode: PoolMode;
+  default_pool_size: number;
+  min_pool_size: number;
+  reserve_pool_size: number;
+  reserve_pool_timeout: number;
+  max_db_connections: number;
+  max_user_connections: number;
+  server_reset_query: string;
+  query_wait_timeout: number;
+  server_idle_timeout: number;
+  server_lifetime: number;
+  server_connect_timeout: number;
+  server_login_retry: number;
+}
+
+export const POOL_DEFAULTS: PoolSettings = {
+  pool_mode: 'session',
+  default_pool_size: 20,
+  min_pool_size: 0,
+  reserve_pool_size: 0,
+  reserve_pool_timeout: 5000,
+  max_db_connections: 0,
+  max_user_connections: 0,
+  server_reset_query: 'DISCARD ALL',
+  query_wait_timeout: 120_000,
+  server_idle_timeout: 600_000,
+  server_lifetime: 3_600_000,
+  server_connect_timeout: 15_000,
+  server_login_retry: 15_000,
+};
+
+export const POOL_KEYS = Object.keys(POOL_DEFAULTS) as (keyof PoolSettings)[];

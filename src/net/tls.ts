@@ -1,0 +1,37 @@
+// TLS contexts for both legs: the listener's server context (certificate, key, ciphers, minimum version) and
+// the client options gprxy uses toward PostgreSQL for each sslmode.
+import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
+import tls from 'node:tls';
+import type { ListenTlsConfig, ServerTlsConfig } from '../config/schema.ts';
+
+export function loadListenContext(cfg: ListenTlsConfig): tls.SecureContext {
+  return tls.createSecureContext({
+    cert: readFileSync(cfg.cert),
+    key: readFileSync(cfg.key),
+    ...(cfg.ca ? { ca: readFileSync(cfg.ca) } : {}),
+    ...(cfg.ciphers ? { ciphers: cfg.ciphers } : {}),
+    minVersion: cfg.min_version,
+  });
+}
+
+/** Options for tls.connect toward a server, per libpq's sslmode semantics. */
+export function serverLegOptions(cfg: ServerTlsConfig, host: string): tls.ConnectionOptions {
+  const ca = cfg.ca ? readFileSync(cfg.ca) : undefined;
+  const opts: tls.ConnectionOptions = {
+    ...(isIP(host) ? {} : { servername: host }),
+    ...(cfg.cert && cfg.key ? { cert: readFileSync(cfg.cert), key: readFileSync(cfg.key) } : {}),
+    minVersion: 'TLSv1.2',
+  };
+  // libpq: "require" with a root certificate behaves like verify-ca.
+  const mode = cfg.sslmode === 'require' && ca ? 'verify-ca' : cfg.sslmode;
+  if (mode === 'verify-ca' || mode === 'verify-full') {
+    opts.rejectUnauthorized = true;
+    if (ca) opts.ca = ca;
+    if (mode === 'verify-ca') opts.checkServerIdentity = () => undefined;
+    else opts.checkServerIdentity = (name, cert) => tls.checkServerIdentity(host || name, cert);
+  } else {
+    opts.rejectUnauthorized = false;
+  }
+  return opts;
+}

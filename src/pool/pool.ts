@@ -1,0 +1,345 @@
+// Pool per (database, user): idle servers, FIFO waiters with deadlines, size/reserve/min limits, idle timeout and
+// lifetime, login-retry back-off; PoolRegistry holds the pools and the per-database/per-user connection caps.
+// No sockets here: servers come from an injected connect function.
+import type { PoolSettings } from '../config/schema.ts';
+import { PgError } from '../protocol/errors.ts';
+
+export interface PooledServer {
+  readonly id: number;
+  readonly createdAt: number;
+  lastUsedAt: number;
+  readonly closed: boolean;
+  close(reason: string): void;
+  onClosed(fn: (s: this) => void): void;
+}
+
+export interface PoolKey {
+  database: string;
+  user: string;
+}
+
+export type Clock = () => number;
+
+interface Waiter<S extends PooledServer> {
+  resolve(lease: Lease<S>): void;
+  reject(err: PgError): void;
+  since: number;
+  timer: NodeJS.Timeout;
+}
+
+/** A server lent to one client. Release exactly once: reusable servers go back to the pool, others are closed. */
+export class Lease<S extends PooledServer> {
+  private released = false;
+  constructor(
+    readonly server: S,
+    private readonly pool: Pool<S>,
+  ) {}
+
+  release(reusable: boolean, reason = 'not reusable'): void {
+    if (this.released) return;
+    this.released = true;
+    this.pool.giveBack(this.server, reusable, reason);
+  }
+}
+
+export interface PoolCounts {
+  active: number;
+  idle: number;
+  connecting: number;
+  waiting: number;
+}
+
+export class Pool<S extends PooledServer> {
+  private readonly idle: S[] = [];
+  private readonly active = new Set<S>();
+  private connecting = 0;
+  private readonly waiters: Waiter<S>[] = [];
+  private lastFailure: { error: PgError; at: number } | undefined;
+  private closedForGood = false;
+
+  constructor(
+    readonly key: PoolKey,
+    public settings: PoolSettings,
+    private readonly connect: () => Promise<S>,
+    private readonly registry: PoolRegistry<S>,
+    private readonly now: Clock = Date.now,
+  ) {}
+
+  get counts(): PoolCounts {
+    return {
+      active: this.active.size,
+      idle: this.idle.length,
+      connecting: this.connecting,
+      waiting: this.waiters.length,
+    };
+  }
+
+  /** Servers that exist or are being opened: what counts against the limits. */
+  get total(): number {
+    return this.active.size + this.idle.length + this.connecting;
+  }
+
+  acquire(): Promise<Lease<S>> {
+    if (this.closedForGood) return Promise.reject(PgError.shuttingDown());
+    const s = this.takeIdle();
+    if (s) return Promise.resolve(this.lend(s));
+    const failure = this.recentFailure();
+    if (failure && this.total === 0) return Promise.reject(failure);
+    return new Promise((resolve, reject) => {
+      const w: Waiter<S> = {
+        resolve,
+        reject,
+        since: this.now(),
+        timer: setTimeout(() => this.expire(w), this.settings.query_wait_timeout),
+      };
+      this.waiters.push(w);
+      this.grow();
+    });
+  }
+
+  private expire(w: Waiter<S>): void {
+    const i = this.waiters.indexOf(w);
+    if (i < 0) return;
+    this.waiters.splice(i, 1);
+    w.reject(
+      new PgError('FATAL', '53300', 'timed out waiting for a server connection (query_wait_timeout)', {
+        code: 'GPRXY_QUERY_WAIT_TIMEOUT',
+        detail: `all ${this.total} servers of pool ${this.key.database}/${this.key.user} stayed busy`,
+      }),
+    );
+  }
+
+  private takeIdle(): S | undefined {
+    const now = this.now();
+    for (;;) {
+      const s = this.idle.pop(); // LIFO: the most recently used server is warmest
+      if (!s) return undefined;
+      if (s.closed) continue;
+      if (this.settings.server_lifetime > 0 && now - s.createdAt > this.settings.server_lifetime) {
+        s.close('server_lifetime');
+        continue;
+      }
+      return s;
+    }
+  }
+
+  private lend(s: S): Lease<S> {
+    this.active.add(s);
+    s.lastUsedAt = this.now();
+    return new Lease(s, this);
+  }
+
+  private recentFailure(): PgError | undefined {
+    const f = this.lastFailure;
+    if (f && this.now() - f.at < this.settings.server_login_retry) return f.error;
+    return undefined;
+  }
+
+  /** Room for one more server: pool size (plus reserve for a client waiting past reserve_pool_timeout), caps. */
+  private mayOpen(): boolean {
+    const st = this.settings;
+    let cap = st.default_pool_size;
+    const oldest = this.waiters[0];
+    if (st.reserve_pool_size > 0 && oldest && this.now() - oldest.since >= st.reserve_pool_timeout) {
+      cap += st.reserve_pool_size;
+    }
+    return this.total < cap && this.registry.underCaps(this.key, st);
+  }
+
+  /** Opens servers while clients wait and limits allow. */
+  grow(): void {
+    while (this.waiters.length > this.connecting && this.mayOpen() && !this.recentFailure()) this.open();
+  }
+
+  private open(): void {
+    this.connecting++;
+    this.connect().then(
+      (s) => {
+        this.connecting--;
+        this.lastFailure = undefined;
+        s.onClosed(() => this.forget(s));
+        this.registry.opened(this.key);
+        this.place(s);
+      },
+      (err: unknown) => {
+        this.connecting--;
+        const error =
+          err instanceof PgError ? err : PgError.serverGone(`could not connect to server: ${String(err)}`);
+        this.lastFailure = { error, at: this.now() };
+        // Nobody can be served soon: tell the waiters what the server said rather than let them time out.
+        if (this.total === 0) {
+          for (const w of this.waiters.splice(0)) {
+            clearTimeout(w.timer);
+            w.reject(error);
+          }
+        }
+        this.registry.failed(this.key, error);
+      },
+    );
+  }
+
+  /** A server became available: the first waiter gets it, else it goes idle. */
+  private place(s: S): void {
+    if (this.closedForGood) {
+      s.close('pool closed');
+      return;
+    }
+    const w = this.waiters.shift();
+    if (w) {
+      clearTimeout(w.timer);
+      w.resolve(this.lend(s));
+      return;
+    }
+    this.idle.push(s);
+  }
+
+  giveBack(s: S, reusable: boolean, reason: string): void {
+    this.active.delete(s);
+    if (!reusable || s.closed) {
+      s.close(reason);
+      return;
+    }
+    if (this.settings.server_lifetime > 0 && this.now() - s.createdAt > this.settings.server_lifetime) {
+      s.close('server_lifetime');
+      return;
+    }
+    s.lastUsedAt = this.now();
+    this.place(s);
+  }
+
+  private forget(s: S): void {
+    this.active.delete(s);
+    const i = this.idle.indexOf(s);
+    if (i >= 0) this.idle.splice(i, 1);
+    this.registry.closed(this.key);
+    this.grow();
+  }
+
+  /** Periodic upkeep: idle timeout beyond min_pool_size, lifetime, min_pool_size, reserve, waiting clients. */
+  maintain(canPrefill: boolean): void {
+    const now = this.now();
+    const st = this.settings;
+    for (const s of [...this.idle]) {
+      const tooOld = st.server_lifetime > 0 && now - s.createdAt > st.server_lifetime;
+      const idleTooLong = st.server_idle_timeout > 0 && now - s.lastUsedAt > st.server_idle_timeout;
+      if (tooOld || (idleTooLong && this.total > st.min_pool_size))
+        s.close(tooOld ? 'server_lifetime' : 'server_idle_timeout');
+    }
+    if (canPrefill) {
+      while (
+        this.total < Math.min(st.min_pool_size, st.default_pool_size) &&
+        this.registry.underCaps(this.key, st)
+      ) {
+        if (this.recentFailure()) break;
+        this.open();
+      }
+    }
+    this.grow();
+  }
+
+  /** Closes idle servers now (RECONNECT, shutdown); active ones close when released. */
+  closeIdle(reason: string): void {
+    for (const s of this.idle.splice(0)) s.close(reason);
+  }
+
+  shutdown(): void {
+    this.closedForGood = true;
+    for (const w of this.waiters.splice(0)) {
+      clearTimeout(w.timer);
+      w.reject(PgError.shuttingDown());
+    }
+    this.closeIdle('shutdown');
+  }
+}
+
+/** All pools, keyed by database and user, and the caps that span pools (max_db_connections, max_user_connections). */
+export class PoolRegistry<S extends PooledServer> {
+  private readonly pools = new Map<string, Pool<S>>();
+  private readonly perDb = new Map<string, number>();
+  private readonly perUser = new Map<string, number>();
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly now: Clock = Date.now,
+    private readonly onFailure: (key: PoolKey, err: PgError) => void = () => undefined,
+  ) {}
+
+  get(key: PoolKey): Pool<S> | undefined {
+    return this.pools.get(poolId(key));
+  }
+
+  getOrCreate(key: PoolKey, settings: PoolSettings, connect: () => Promise<S>): Pool<S> {
+    const id = poolId(key);
+    let p = this.pools.get(id);
+    if (!p) {
+      p = new Pool(key, settings, connect, this, this.now);
+      this.pools.set(id, p);
+    } else {
+      p.settings = settings;
+    }
+    return p;
+  }
+
+  all(): Pool<S>[] {
+    return [...this.pools.values()];
+  }
+
+  underCaps(key: PoolKey, st: PoolSettings): boolean {
+    if (
+      st.max_db_connections > 0 &&
+      (this.perDb.get(key.database) ?? 0) + this.connectingFor('db', key) >= st.max_db_connections
+    ) {
+      return false;
+    }
+    if (
+      st.max_user_connections > 0 &&
+      (this.perUser.get(key.user) ?? 0) + this.connectingFor('user', key) >= st.max_user_connections
+    ) {
+      return false;
+    }
+    return true;
+  }
+
+  private connectingFor(kind: 'db' | 'user', key: PoolKey): number {
+    let n = 0;
+    for (const p of this.pools.values()) {
+      if (kind === 'db' ? p.key.database === key.database : p.key.user === key.user) n += p.counts.connecting;
+    }
+    return n;
+  }
+
+  opened(key: PoolKey): void {
+    this.perDb.set(key.database, (this.perDb.get(key.database) ?? 0) + 1);
+    this.perUser.set(key.user, (this.perUser.get(key.user) ?? 0) + 1);
+  }
+
+  closed(key: PoolKey): void {
+    this.perDb.set(key.database, Math.max(0, (this.perDb.get(key.database) ?? 0) - 1));
+    this.perUser.set(key.user, Math.max(0, (this.perUser.get(key.user) ?? 0) - 1));
+    // A freed slot may unblock pools of the same database or user.
+    for (const p of this.pools.values()) {
+      if (p.key.database === key.database || p.key.user === key.user) p.grow();
+    }
+  }
+
+  failed(key: PoolKey, err: PgError): void {
+    this.onFailure(key, err);
+  }
+
+  /** Starts periodic maintenance; `canPrefill(key)` says whether the pool has credentials to open servers. */
+  startMaintenance(intervalMs: number, canPrefill: (key: PoolKey) => boolean): void {
+    this.timer = setInterval(() => {
+      for (const p of this.pools.values()) p.maintain(canPrefill(p.key));
+    }, intervalMs);
+    this.timer.unref();
+  }
+
+  shutdown(): void {
+    if (this.timer) clearInterval(this.timer);
+    for (const p of this.pools.values()) p.shutdown();
+  }
+}
+
+function poolId(key: PoolKey): string {
+  return `${key.database}\u0000${key.user}`;
+}

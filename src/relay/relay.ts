@@ -1,0 +1,95 @@
+// Moves frames between a client session and its leased server, unchanged; decides the release point (session mode:
+// the client's Terminate) and keeps memory bounded with backpressure both ways.
+import { PgError } from '../protocol/errors.ts';
+import { Scan, type ScanHandler, StreamScanner, scanPolicy } from '../protocol/framer.ts';
+import type { ServerConnection, ServerSink } from '../server/connection.ts';
+
+/** The client side as the relay sees it; the session owns the socket. */
+export interface ClientIO {
+  write(bytes: Buffer): boolean;
+  pause(): void;
+  resume(): void;
+  cork(): void;
+  uncork(): void;
+  /** Set by the relay: called when a full client socket buffer drains. */
+  onDrain: (() => void) | undefined;
+}
+
+export interface RelayEvents {
+  /** The client sent Terminate: the session ends cleanly. */
+  terminate(): void;
+  /** The server closed while attached; `error` is its own FATAL if it sent one. */
+  serverClosed(error: PgError | undefined): void;
+  /** Malformed client input: send the error and close. */
+  clientProtocolError(error: PgError): void;
+}
+
+/** Client message types the session-mode relay looks at: Terminate (dropped), and what expects a ReadyForQuery. */
+const CLIENT_POLICY = scanPolicy({ X: Scan.INSPECT, Q: Scan.NOTE, S: Scan.NOTE, F: Scan.NOTE });
+
+export class SessionRelay implements ScanHandler, ServerSink {
+  private readonly scanner: StreamScanner;
+  private ended = false;
+
+  constructor(
+    private readonly client: ClientIO,
+    private readonly server: ServerConnection,
+    private readonly events: RelayEvents,
+  ) {
+    this.scanner = new StreamScanner(CLIENT_POLICY, 1024, this);
+    server.attach(this);
+    server.onDrain = () => client.resume();
+    client.onDrain = () => server.resume();
+  }
+
+  /** Bytes from the client. */
+  fromClient(chunk: Buffer): void {
+    if (this.ended) return;
+    this.server.cork();
+    try {
+      this.scanner.push(chunk);
+    } catch (e) {
+      this.ended = true;
+      this.events.clientProtocolError(
+        e instanceof PgError ? e : PgError.protocolViolation('malformed message'),
+      );
+    } finally {
+      this.server.uncork();
+    }
+  }
+
+  // ScanHandler (client -> server)
+  onNote(): void {
+    this.server.outstanding++;
+  }
+
+  onMessage(type: number): boolean {
+    if (type === 0x58 /* X */ && !this.ended) {
+      this.ended = true;
+      queueMicrotask(() => this.events.terminate());
+    }
+    return true;
+  }
+
+  forward(bytes: Buffer): void {
+    if (this.ended) return;
+    if (!this.server.write(bytes)) this.client.pause();
+  }
+
+  // ServerSink (server -> client)
+  toClient(bytes: Buffer): void {
+    if (!this.client.write(bytes)) this.server.pause();
+  }
+
+  serverClosed(error: PgError | undefined): void {
+    this.ended = true;
+    this.events.serverClosed(error);
+  }
+
+  /** Stops relaying; the server is detached and can be reset and released by the session. */
+  stop(): void {
+    this.ended = true;
+    this.client.onDrain = undefined;
+    if (!this.server.closed) this.server.detach();
+  }
+}

@@ -1,0 +1,42 @@
+// Test entry (`npm test`): starts one embedded PostgreSQL for the whole run, then Node's test runner over the
+// unit, fuzz and integration tests with that server's address in the environment; stops it afterwards.
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startEmbeddedPostgres } from '../src/dev/postgres.ts';
+
+const root = mkdtempSync(join(tmpdir(), 'gprxy-test-'));
+chmodSync(root, 0o755); // PostgreSQL runs as a `postgres` user when we are root
+const password = randomBytes(12).toString('hex');
+const logs: string[] = [];
+const pg = await startEmbeddedPostgres({
+  dataDir: join(root, 'pgdata'),
+  password,
+  settings: { fsync: 'off', synchronous_commit: 'off', full_page_writes: 'off', max_connections: 300 },
+  onLog: (l) => logs.push(l),
+});
+process.stdout.write(`# PostgreSQL for tests on 127.0.0.1:${pg.port}\n`);
+
+const patterns = process.argv.slice(2);
+const files = patterns.length ? patterns : ['src/**/*.test.ts', 'test/**/*.test.ts'];
+const child = spawn(
+  process.execPath,
+  ['--import', 'tsx', '--test', '--test-concurrency=2', '--test-timeout=120000', ...files],
+  {
+    stdio: 'inherit',
+    env: {
+      ...process.env,
+      GPRXY_TEST_PGHOST: pg.host,
+      GPRXY_TEST_PGPORT: String(pg.port),
+      GPRXY_TEST_PGUSER: pg.superuser,
+      GPRXY_TEST_PGPASSWORD: password,
+    },
+  },
+);
+const code: number = await new Promise((res) => child.on('close', (c) => res(c ?? 1)));
+await pg.stop().catch(() => undefined);
+if (code !== 0 && process.env.GPRXY_TEST_PGLOG) process.stdout.write(logs.join('\n'));
+rmSync(root, { recursive: true, force: true });
+process.exit(code);
