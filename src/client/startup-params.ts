@@ -1,6 +1,7 @@
 // Startup parameters a client asked for (application_name, DateStyle, options -c ...), turned into one
 // set_config() statement for its pooled server; values are escaped literals, never spliced identifiers.
 import { PgError } from '../protocol/errors.ts';
+import { literal } from '../server/sql.ts';
 
 /** Startup keys that are not settings. */
 const NOT_SETTINGS = new Set(['user', 'database', 'replication', 'options']);
@@ -50,11 +51,6 @@ function badOption(message: string): PgError {
   return new PgError('FATAL', '08P01', `invalid command-line argument in options: ${message}`, {
     code: 'GPRXY_BAD_OPTIONS',
   });
-}
-
-/** An SQL string literal that is correct whatever standard_conforming_strings is. */
-export function literal(s: string): string {
-  return `E'${s.replaceAll('\\', '\\\\').replaceAll("'", "''")}'`;
 }
 
 const GUC_NAME = /^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)*$/;

@@ -159,7 +159,7 @@ export function run(
       args,
       { env: { ...process.env, ...env }, timeout: 120_000, maxBuffer: 64 * 1024 * 1024 },
       (err, stdout, stderr) => {
-        const code = err ? ((err as NodeJS.ErrnoException & { code?: number | string }).code as number) : 0;
+        const code: unknown = err ? (err as { code?: unknown }).code : 0;
         resolve({ code: typeof code === 'number' ? code : 1, stdout, stderr });
       },
     );

@@ -1,0 +1,70 @@
+// `gprxy dev` end to end: a real process starts embedded PostgreSQL + gprxy, prints a working URL, stops on
+// Ctrl-C (SIGINT), and a second run reuses the data.
+import assert from 'node:assert/strict';
+import { type ChildProcess, spawn } from 'node:child_process';
+import { chmodSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import pg from 'pg';
+
+const stateDir = mkdtempSync(join(tmpdir(), 'gprxy-devtest-'));
+chmodSync(stateDir, 0o755);
+after(() => rmSync(stateDir, { recursive: true, force: true }));
+
+async function startDev(): Promise<{ child: ChildProcess; url: string }> {
+  const child = spawn(
+    process.execPath,
+    ['bin/gprxy.js', 'dev', '--state-dir', stateDir, '--port', '0', '--log-level', 'warn'],
+    {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
+  let out = '';
+  let err = '';
+  child.stderr?.on('data', (d: Buffer) => {
+    err += d.toString();
+  });
+  const url = await new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`gprxy dev did not get ready: ${out} ${err}`)), 90_000);
+    child.stdout?.on('data', (d: Buffer) => {
+      out += d.toString();
+      const m = /psql "([^"]+)"/.exec(out);
+      if (m) {
+        clearTimeout(timer);
+        resolve(m[1]!);
+      }
+    });
+    child.once('exit', (code) => reject(new Error(`gprxy dev exited with ${code}: ${out} ${err}`)));
+  });
+  return { child, url };
+}
+
+/** Ctrl-C: the process exits by itself (0, or 130 as a SIGINT-ended process) and PostgreSQL is stopped with it. */
+async function stop(child: ChildProcess): Promise<void> {
+  const exited = new Promise<number | null>((res) => child.once('exit', (code) => res(code)));
+  child.kill('SIGINT');
+  assert.ok([0, 130].includes((await exited) ?? -1));
+  assert.equal(existsSync(join(stateDir, 'pgdata', 'postmaster.pid')), false, 'PostgreSQL still running');
+}
+
+test('gprxy dev serves a demo database, stops on SIGINT, and keeps its data', async () => {
+  const first = await startDev();
+  assert.match(first.url, /^postgresql:\/\/demo:[^@]+@127\.0\.0\.1:\d+\/demo$/);
+  const c = new pg.Client({ connectionString: first.url });
+  await c.connect();
+  const r = await c.query('SELECT current_user AS u, current_database() AS d');
+  assert.deepEqual(r.rows[0], { u: 'demo', d: 'demo' });
+  await c.query('CREATE TABLE kept (v text)');
+  await c.query("INSERT INTO kept VALUES ('from the first run')");
+  await c.end();
+  await stop(first.child);
+
+  const second = await startDev();
+  const c2 = new pg.Client({ connectionString: second.url });
+  await c2.connect();
+  const r2 = await c2.query('SELECT v FROM kept');
+  assert.deepEqual(r2.rows, [{ v: 'from the first run' }]);
+  await c2.end();
+  await stop(second.child);
+});
