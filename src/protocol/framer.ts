@@ -236,7 +236,7 @@ export class StreamScanner {
         this.partialFill = 5;
         if (!fromSaved) pos += 5;
         runStart = pos;
-        // removed
+        if (len === 4) this.completePartial();
         continue;
       }
       if (policy === Scan.NOTE) h.onNote(type, len);
