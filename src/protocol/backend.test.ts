@@ -237,23 +237,27 @@ test('ReadyForQuery: layout and round trip', () => {
 
 // ---------------------------------------------------------------- NegotiateProtocolVersion
 
-test('NegotiateProtocolVersion: byte layout per the PostgreSQL docs', () => {
-  // Byte1('v'), Int32 length, Int32 newest minor supported, Int32 number of unrecognized options, String names.
+test('NegotiateProtocolVersion: byte layout as PostgreSQL sends it', () => {
+  // Byte1('v'), Int32 length, Int32 newest version supported (3 << 16 | minor, as the server sends it and libpq
+  // reads it, whatever the docs' "minor" says), Int32 number of unrecognized options, String names.
   const got = encodeNegotiateProtocolVersion(0, ['_pq_.foo', '_pq_.bar']);
   const want = Buffer.concat([
     Buffer.from('v'),
     int32(4 + 4 + 4 + 9 + 9),
-    int32(0),
+    int32(0x30000),
     int32(2),
     Buffer.from('_pq_.foo\0_pq_.bar\0'),
   ]);
   assert.deepEqual(got, want);
-  assert.deepEqual(got, msg('v', Buffer.concat([int32(0), int32(2), cstr('_pq_.foo'), cstr('_pq_.bar')])));
+  assert.deepEqual(
+    got,
+    msg('v', Buffer.concat([int32(0x30000), int32(2), cstr('_pq_.foo'), cstr('_pq_.bar')])),
+  );
   assert.deepEqual(
     encodeNegotiateProtocolVersion(0, []),
-    Buffer.from([0x76, 0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0]),
+    Buffer.from([0x76, 0, 0, 0, 12, 0, 3, 0, 0, 0, 0, 0, 0]),
   );
-  assert.equal(frame(encodeNegotiateProtocolVersion(2, [])).body.readInt32BE(0), 2);
+  assert.equal(frame(encodeNegotiateProtocolVersion(2, [])).body.readInt32BE(0), (3 << 16) | 2);
 });
 
 // ---------------------------------------------------------------- ErrorResponse / NoticeResponse

@@ -123,8 +123,13 @@ export function decodeReadyForQuery(body: Buffer): TxStatus {
   return s;
 }
 
+/**
+ * NegotiateProtocolVersion for major version 3. The docs call the first field the "newest minor version", but
+ * PostgreSQL sends (and libpq 18 reads) the whole version number, 3 << 16 | minor: a bare minor (0) makes libpq 18
+ * fail with "server requested downgrade to pre-3.0 protocol version".
+ */
 export function encodeNegotiateProtocolVersion(minor: number, unrecognized: readonly string[]): Buffer {
-  const w = new MessageWriter().int32(minor).int32(unrecognized.length);
+  const w = new MessageWriter().int32((3 << 16) | (minor & 0xffff)).int32(unrecognized.length);
   for (const o of unrecognized) w.cstring(o);
   return w.finish(B.NegotiateProtocolVersion);
 }

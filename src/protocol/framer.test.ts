@@ -304,9 +304,10 @@ const relayStream = Buffer.concat([
   msg('X'),
 ]);
 
-function scanChunks(chunks: Buffer[], maxInspect = 1024): RecordingHandler {
+function scanChunks(chunks: Buffer[], maxInspect = 1024, flushFirst = false): RecordingHandler {
   const h = new RecordingHandler(drop);
   const s = new StreamScanner(policy, maxInspect, h);
+  if (flushFirst) h.scanner = s;
   for (const c of chunks) s.push(c);
   assert.ok(s.atBoundary, 'ends at a boundary');
   return h;
@@ -347,11 +348,18 @@ test('StreamScanner: every split in two, and byte by byte', () => {
   assertScan(scanChunks(chunked(relayStream, 1)), relayStream, 'byte by byte');
 });
 
-test('StreamScanner: every split in three', () => {
-  const n = relayStream.length;
+test('StreamScanner: every split in three (short stream: PASS, NOTE, kept/dropped and empty INSPECT)', () => {
+  const short = Buffer.concat([
+    dataRow(1),
+    msg('X'),
+    readyForQuery('T'),
+    msg('E', Buffer.from('e')),
+    query('q'),
+  ]);
+  const n = short.length;
   for (let i = 0; i <= n; i++) {
     for (let j = i; j <= n; j++) {
-      assertScan(scanChunks(splitAt(relayStream, [i, j])), relayStream, `at ${i},${j}`);
+      assertScan(scanChunks(splitAt(short, [i, j])), short, `at ${i},${j}`);
     }
   }
 });
@@ -365,7 +373,7 @@ test('StreamScanner: random chunkings', () => {
   }
 });
 
-test('StreamScanner: every byte before an inspected message is forwarded before onMessage sees it', () => {
+test('StreamScanner: after flushBefore(), every byte before an inspected message has been forwarded', () => {
   const want = expectedScan(relayStream, policy, drop);
   const check = (h: RecordingHandler, label: string) =>
     assert.deepEqual(
@@ -373,8 +381,42 @@ test('StreamScanner: every byte before an inspected message is forwarded before 
       want.inspected.map((m) => m.forwardedBefore),
       label,
     );
-  check(scanChunks([relayStream]), 'one chunk');
-  for (const [a, b] of everySplit(relayStream)) check(scanChunks([a, b]), `at ${a.length}`);
+  check(scanChunks([relayStream], 1024, true), 'one chunk');
+  for (const [a, b] of everySplit(relayStream)) check(scanChunks([a, b], 1024, true), `at ${a.length}`);
+});
+
+test('StreamScanner: without a flush, a chunk with no dropped message goes out as one forward', () => {
+  const stream = Buffer.concat([dataRow(3), msg('X'), dataRow(2)]);
+  const h = new RecordingHandler(() => false);
+  new StreamScanner(scanPolicy({ X: Scan.INSPECT }), 1024, h).push(stream);
+  assert.equal(h.forwarded.length, 1);
+  assert.equal(h.forwarded[0]!.length, stream.length);
+});
+
+test('StreamScanner: flushThrough() lets a handler write its own bytes right after a kept message', () => {
+  const x = msg('X');
+  const before = dataRow(2);
+  const after = dataRow(1);
+  const extra = Buffer.from('inserted');
+  for (const chunks of [
+    [Buffer.concat([before, x, after])],
+    [Buffer.concat([before, x.subarray(0, 3)]), Buffer.concat([x.subarray(3), after])],
+  ]) {
+    const out: Buffer[] = [];
+    let s: StreamScanner | undefined;
+    const handler = {
+      onNote: () => undefined,
+      onMessage: () => {
+        s!.flushThrough();
+        out.push(extra);
+        return false;
+      },
+      forward: (b: Buffer) => out.push(Buffer.from(b)),
+    };
+    s = new StreamScanner(scanPolicy({ X: Scan.INSPECT }), 1024, handler);
+    for (const c of chunks) s.push(c);
+    assert.deepEqual(Buffer.concat(out), Buffer.concat([before, x, extra, after]));
+  }
 });
 
 test('StreamScanner: forwarded buffers are views of the input chunks when nothing is split', () => {
@@ -419,31 +461,40 @@ test('StreamScanner: a dropped empty-body message is dropped wherever it is spli
 test('StreamScanner: a 20 MB PASS DataRow in 64 KiB chunks is forwarded as views, not copied', () => {
   const size = 20 * 1024 * 1024;
   const p = scanPolicy({ C: Scan.INSPECT, Z: Scan.INSPECT });
+  const head = Buffer.concat([readyForQuery('T'), dataRowHeader(size)]);
+  const tail = Buffer.concat([commandComplete('SELECT 1'), readyForQuery('I')]);
+  // One allocation (never from the shared pool); the chunks are views of it, like socket reads would be.
+  const stream = Buffer.alloc(head.length + size + tail.length, 0x62);
+  head.copy(stream, 0);
+  tail.copy(stream, head.length + size);
   for (const firstChunk of [64 * 1024, 8]) {
     // firstChunk 8: the DataRow header (at offset 6) straddles the first two chunks.
-    const head = Buffer.concat([readyForQuery('T'), dataRowHeader(size)]);
-    const tail = Buffer.concat([commandComplete('SELECT 1'), readyForQuery('I')]);
-    const stream = Buffer.alloc(head.length + size + tail.length, 0x62);
-    head.copy(stream, 0);
-    tail.copy(stream, head.length + size);
-    const chunks = [stream.subarray(0, firstChunk), ...chunked(stream.subarray(firstChunk), 64 * 1024)];
-    // chunked() copies: every chunk has its own ArrayBuffer, so views are identifiable.
-    const buffers = new Set<ArrayBufferLike>(chunks.map((c) => c.buffer));
+    const chunks = [stream.subarray(0, firstChunk)];
+    for (let i = firstChunk; i < stream.length; i += 64 * 1024)
+      chunks.push(stream.subarray(i, i + 64 * 1024));
     const h = new RecordingHandler();
     const s = new StreamScanner(p, 1024, h);
     const before = process.memoryUsage().arrayBuffers;
     for (const c of chunks) s.push(c);
     const grown = process.memoryUsage().arrayBuffers - before;
     assert.ok(grown < 1024 * 1024, `scanner allocated ${grown} bytes`);
+    // Forwarded == input, checked piece by piece: views must sit exactly at their offset in the input.
+    let off = 0;
     let copies = 0;
     for (const b of h.forwarded) {
-      if (buffers.has(b.buffer)) continue;
-      copies++;
-      assert.equal(b.length, 5, 'only the re-emitted split header may be a copy');
+      if (b.buffer === stream.buffer) {
+        assert.equal(b.byteOffset - stream.byteOffset, off);
+      } else {
+        copies++;
+        assert.equal(b.length, 5, 'only the re-emitted split header may be a copy');
+        assert.ok(b.equals(stream.subarray(off, off + 5)));
+      }
+      off += b.length;
     }
+    assert.equal(off, stream.length);
     assert.equal(copies, firstChunk === 8 ? 1 : 0);
-    assert.equal(h.forwardedBytes, stream.length);
-    assert.ok(h.output().equals(stream));
+    assert.ok(h.forwarded.length < chunks.length + 8, 'about one forward per chunk');
+    assert.deepEqual(h.notes, []);
     assert.deepEqual(
       h.inspected.map((m) => String.fromCharCode(m.type)),
       ['Z', 'C', 'Z'],

@@ -131,8 +131,9 @@ export interface ScanHandler {
   onNote(type: number, length: number): void;
   /**
    * A whole INSPECT message; `body` may be a view into the socket's read buffer: copy what you keep.
-   * Every byte before this message has already been passed to forward(), so whatever the handler writes here lands
-   * in stream order. Return true to drop the message from the forwarded stream.
+   * Bytes before the message may still be pending (runs are forwarded lazily, one write per chunk where possible):
+   * a handler that writes its own bytes, or stops forwarding, calls the scanner's flushBefore() first (or
+   * flushThrough() to write after the message while keeping it). Return true to drop the message.
    */
   onMessage(type: number, body: Buffer): boolean;
   /** Bytes to forward unchanged, in order. */
@@ -152,6 +153,13 @@ export class StreamScanner {
   /** The INSPECT message being assembled across chunks (whole frame, header included). */
   private partial: Buffer | null = null;
   private partialFill = 0;
+  // The chunk being scanned and the pending run [runStart, msgStart) before the INSPECT message being handled.
+  private chunk: Buffer | null = null;
+  private runStart = 0;
+  private msgStart = 0;
+  private msgEnd = 0;
+  /** The current INSPECT message was already forwarded by flushThrough(). */
+  private sent = false;
 
   constructor(
     private readonly policy: Uint8Array,
@@ -164,10 +172,30 @@ export class StreamScanner {
     return this.skip === 0 && this.headerLen === 0 && this.partial === null;
   }
 
+  /** During onMessage: forwards the pending bytes before the current message. */
+  flushBefore(): void {
+    const c = this.chunk;
+    if (c !== null && this.msgStart > this.runStart)
+      this.handler.forward(c.subarray(this.runStart, this.msgStart));
+    this.runStart = this.msgStart;
+  }
+
+  /** During onMessage: forwards the pending bytes and the current message itself (the handler then keeps it). */
+  flushThrough(): void {
+    if (this.sent) return;
+    this.flushBefore();
+    const p = this.partial;
+    if (p !== null) this.handler.forward(p);
+    else if (this.chunk !== null) this.handler.forward(this.chunk.subarray(this.msgStart, this.msgEnd));
+    this.runStart = this.msgEnd;
+    this.sent = true;
+  }
+
   push(chunk: Buffer): void {
     const n = chunk.length;
     let pos = 0;
-    let runStart = 0;
+    this.chunk = chunk;
+    this.runStart = 0;
     const h = this.handler;
     while (pos < n) {
       if (this.skip > 0) {
@@ -182,8 +210,8 @@ export class StreamScanner {
         chunk.copy(p, this.partialFill, pos, pos + k);
         this.partialFill += k;
         pos += k;
-        runStart = pos;
-        if (this.partialFill === p.length) this.completePartial();
+        this.runStart = pos;
+        if (this.partialFill === p.length) this.completePartial(pos);
         continue;
       }
       // At a message boundary: read the header, possibly split across chunks.
@@ -194,14 +222,14 @@ export class StreamScanner {
         type = chunk[pos]!;
         len = chunk.readInt32BE(pos + 1);
       } else {
-        if (this.headerLen === 0 && pos > runStart) {
-          h.forward(chunk.subarray(runStart, pos));
+        if (this.headerLen === 0 && pos > this.runStart) {
+          h.forward(chunk.subarray(this.runStart, pos));
         }
         const k = Math.min(5 - this.headerLen, n - pos);
         chunk.copy(this.header, this.headerLen, pos, pos + k);
         this.headerLen += k;
         pos += k;
-        runStart = pos;
+        this.runStart = pos;
         if (this.headerLen < 5) break;
         this.headerLen = 0;
         type = this.header[0]!;
@@ -220,43 +248,58 @@ export class StreamScanner {
         const start = fromSaved ? pos : pos + 5;
         const end = start + len - 4;
         if (!fromSaved && end <= n) {
-          // Whole message inside this chunk. The bytes before it go out first (the handler may write its own bytes
-          // from onMessage, so it must see the stream in order); the message joins the next run unless dropped.
-          if (pos > runStart) h.forward(chunk.subarray(runStart, pos));
-          runStart = h.onMessage(type, chunk.subarray(start, end)) ? end : pos;
+          // Whole message inside this chunk: it stays in the pending run unless dropped.
+          this.msgStart = pos;
+          this.msgEnd = end;
+          this.sent = false;
+          const drop = h.onMessage(type, chunk.subarray(start, end));
+          if (drop) {
+            this.flushBefore();
+            this.runStart = end;
+          } else if (this.sent) {
+            this.runStart = end;
+          }
           pos = end;
           continue;
         }
         // Split message: flush the run before it and assemble it in its own buffer.
-        if (!fromSaved && pos > runStart) h.forward(chunk.subarray(runStart, pos));
+        if (!fromSaved && pos > this.runStart) h.forward(chunk.subarray(this.runStart, pos));
         const whole = Buffer.allocUnsafe(len + 1);
         whole[0] = type;
         whole.writeInt32BE(len, 1);
         this.partial = whole;
         this.partialFill = 5;
         if (!fromSaved) pos += 5;
-        runStart = pos;
-        if (len === 4) this.completePartial();
+        this.runStart = pos;
+        if (len === 4) this.completePartial(pos);
         continue;
       }
       if (policy === Scan.NOTE) h.onNote(type, len);
       if (fromSaved) {
         // The header came (partly) from an earlier chunk and was held back: forward it now.
         h.forward(Buffer.from(this.header));
-        runStart = pos;
+        this.runStart = pos;
         this.skip = len - 4;
       } else {
         pos += 5;
         this.skip = len - 4;
       }
     }
-    if (pos > runStart && this.headerLen === 0) h.forward(chunk.subarray(runStart, pos));
+    if (pos > this.runStart && this.headerLen === 0) h.forward(chunk.subarray(this.runStart, pos));
+    this.chunk = null;
   }
 
-  private completePartial(): void {
+  /** An assembled INSPECT message is complete; `pos` is where the bytes after it start in the current chunk. */
+  private completePartial(pos: number): void {
     const p = this.partial!;
+    // Nothing is pending before an assembled message: the run before it was forwarded when assembly began.
+    this.msgStart = pos;
+    this.msgEnd = pos;
+    this.runStart = pos;
+    this.sent = false;
+    const drop = this.handler.onMessage(p[0]!, p.subarray(5));
+    if (!drop && !this.sent) this.handler.forward(p);
     this.partial = null;
-    if (!this.handler.onMessage(p[0]!, p.subarray(5))) this.handler.forward(p);
   }
 }
 

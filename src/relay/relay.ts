@@ -65,6 +65,8 @@ export class SessionRelay implements ScanHandler, ServerSink {
 
   onMessage(type: number): boolean {
     if (type === 0x58 /* X */ && !this.ended) {
+      // Whatever the client sent before Terminate in the same read still goes to the server.
+      this.scanner.flushBefore();
       this.ended = true;
       queueMicrotask(() => this.events.terminate());
     }

@@ -15,6 +15,9 @@ export class RecordingHandler implements ScanHandler {
   readonly inspected: Inspected[] = [];
   forwardedBytes = 0;
 
+  /** When set, onMessage first asks the scanner to flush what precedes the message (as a writing handler must). */
+  scanner: { flushBefore(): void } | undefined;
+
   constructor(private readonly drop: (type: number, body: Buffer) => boolean = () => false) {}
 
   onNote(type: number, length: number): void {
@@ -22,6 +25,7 @@ export class RecordingHandler implements ScanHandler {
   }
 
   onMessage(type: number, body: Buffer): boolean {
+    this.scanner?.flushBefore();
     // The body may be a view into the caller's chunk: copy it, as a real handler must.
     this.inspected.push({ type, body: Buffer.from(body), forwardedBefore: this.forwardedBytes });
     return this.drop(type, body);
