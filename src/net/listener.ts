@@ -6,6 +6,7 @@ import { encodeError } from '../protocol/backend.ts';
 import { PgError, toPgError } from '../protocol/errors.ts';
 import { StartupFramer } from '../protocol/framer.ts';
 import { decodeStartupPacket, type StartupPacket } from '../protocol/frontend.ts';
+import type { ListenTls } from './tls.ts';
 
 export type ClientSocket = net.Socket | tls.TLSSocket;
 export type Startup = Extract<StartupPacket, { kind: 'startup' }>;
@@ -24,8 +25,8 @@ export interface AcceptedClient {
 }
 
 export interface ListenerHooks {
-  /** The current TLS context (re-read on reload), or undefined when TLS is off. */
-  tlsContext(): tls.SecureContext | undefined;
+  /** The current TLS setup (re-read on reload), or undefined when TLS is off. */
+  tlsContext(): ListenTls | undefined;
   onStartup(client: AcceptedClient): void;
   onCancel(pid: number, secret: Buffer): void;
   /** A connection that failed before its StartupMessage (protocol error, timeout, TLS failure). */
@@ -63,6 +64,27 @@ export async function listen(host: string, port: number, hooks: ListenerHooks): 
   };
 }
 
+/**
+ * Sets `authorized` / `authorizationError` on a server-side TLSSocket as tls.Server does (a TLSSocket made by
+ * hand gets neither). OpenSSL's verify callback in Node always continues the handshake and records the verdict;
+ * Node's own tls.Server reads it with the handle's verifyError(), which is what we do too. Returns false only for
+ * a client that presented a certificate that does not verify; no certificate is fine (as with PostgreSQL's
+ * ssl_ca_file: HBA decides whether one is required).
+ */
+function verifyClientCertificate(secure: tls.TLSSocket): boolean {
+  const peer = secure.getPeerCertificate();
+  if (!peer || Object.keys(peer).length === 0) return true;
+  const handle = (secure as unknown as { _handle?: { verifyError?: () => Error | null } | null })._handle;
+  // Fail closed if a future Node stops offering the verdict.
+  const err = handle?.verifyError ? handle.verifyError() : new Error('UNABLE_TO_VERIFY');
+  if (err) {
+    secure.authorizationError = ((err as NodeJS.ErrnoException).code ?? err.message) as unknown as Error;
+    return false;
+  }
+  secure.authorized = true;
+  return true;
+}
+
 function negotiate(raw: net.Socket, hooks: ListenerHooks): void {
   const acceptedAt = Date.now();
   const remoteAddress = raw.remoteAddress ?? 'unknown';
@@ -71,8 +93,13 @@ function negotiate(raw: net.Socket, hooks: ListenerHooks): void {
   if (hooks.keepalive) raw.setKeepAlive(true, 30_000);
   let socket: ClientSocket = raw;
   let isTls = false;
+  /** Bytes received in plain text so far: direct TLS is only recognised as the connection's first byte. */
+  let plainBytes = 0;
   let framer = new StartupFramer();
   let finished = false;
+  let onTlsError: ((e: Error) => void) | undefined;
+  /** TLS is on and its checks (ALPN, client certificate) passed: packets read inside TLS may be acted on. */
+  let tlsChecked = false;
 
   const reject = (reason: string, code: string, err?: PgError) => {
     if (finished) return;
@@ -82,74 +109,116 @@ function negotiate(raw: net.Socket, hooks: ListenerHooks): void {
     if (err && !socket.destroyed && socket.writable) socket.end(encodeError(err));
     else socket.destroy();
     // Make sure a client that never reads cannot hold the socket open.
-    setTimeout(() => socket.destroy(), 1000).unref();
+    setTimeout(() => {
+      socket.destroy();
+      raw.destroy();
+    }, 1000).unref();
   };
 
+  // Counts from accept: the TLS handshake and every negotiation step are inside it.
   const timer = setTimeout(
     () => reject('login timeout during startup', 'GPRXY_LOGIN_TIMEOUT'),
     hooks.loginTimeoutMs(),
   );
   timer.unref();
 
-  const detach = () => {
-    socket.removeListener('data', onData);
-  };
-
-  const upgrade = (ctx: tls.SecureContext) => {
-    detach();
+  /**
+   * Wraps the plain socket in TLS, synchronously (nothing else may read it in between). `first`: bytes already
+   * read that belong to the TLS stream (a direct-TLS ClientHello); they are put back for the TLS layer to read.
+   */
+  const upgrade = (ctx: ListenTls, direct: boolean, first?: Buffer) => {
+    raw.removeListener('data', onData);
+    if (first) {
+      // Paused, so the bytes stay buffered for TLSSocket (which drains the buffer into the TLS engine) instead
+      // of being emitted again as 'data' right away.
+      raw.pause();
+      raw.unshift(first);
+    }
     const secure = new tls.TLSSocket(raw, {
       isServer: true,
-      secureContext: ctx,
+      secureContext: ctx.context,
       ALPNProtocols: ['postgresql'],
+      requestCert: ctx.requestCert,
+      rejectUnauthorized: false,
     });
     socket = secure;
     isTls = true;
     framer = new StartupFramer();
-    secure.on('error', (e) => reject(`TLS handshake failed: ${e.message}`, 'GPRXY_TLS_HANDSHAKE'));
+    onTlsError = (e: NodeJS.ErrnoException) =>
+      reject(`TLS handshake failed: ${e.code ?? e.message}`, 'GPRXY_TLS_HANDSHAKE');
+    secure.on('error', onTlsError);
+    secure.once('secure', () => {
+      // PostgreSQL 17 requires ALPN "postgresql" on direct TLS (no cross-protocol use of the port). On
+      // negotiated TLS, OpenSSL already refused a client offering only other protocols.
+      if (direct && secure.alpnProtocol !== 'postgresql') {
+        return reject(
+          'direct TLS without ALPN "postgresql"',
+          'GPRXY_TLS_ALPN',
+          PgError.protocolViolation(
+            'direct TLS connection without ALPN protocol "postgresql"',
+            'GPRXY_TLS_ALPN',
+          ),
+        );
+      }
+      if (ctx.requestCert && !verifyClientCertificate(secure)) {
+        const why = String(secure.authorizationError);
+        return reject(
+          `client certificate rejected: ${why}`,
+          'GPRXY_TLS_CLIENT_CERT',
+          PgError.notAllowed(`client certificate verification failed: ${why}`, 'GPRXY_TLS_CLIENT_CERT'),
+        );
+      }
+      tlsChecked = true;
+      // Anything that arrived before this point was only buffered.
+      onData(Buffer.alloc(0));
+    });
     secure.on('data', onData);
   };
 
   const onData = (chunk: Buffer) => {
     if (finished) return;
-    // Direct TLS (PostgreSQL 17 sslnegotiation=direct): a TLS ClientHello instead of a startup packet.
-    if (!isTls && framer.pending === 0 && chunk[0] === 0x16) {
-      const ctx = hooks.tlsContext();
-      if (!ctx) return reject('direct TLS without TLS configured', 'GPRXY_NO_TLS');
-      raw.unshift(chunk);
-      upgrade(ctx);
-      return;
-    }
     try {
+      if (!isTls) {
+        const first = plainBytes === 0;
+        plainBytes += chunk.length;
+        // Direct TLS (PostgreSQL 17 sslnegotiation=direct): a TLS handshake record instead of a startup packet.
+        if (first && chunk[0] === 0x16) {
+          const ctx = hooks.tlsContext();
+          if (!ctx) return reject('direct TLS without TLS configured', 'GPRXY_NO_TLS');
+          return upgrade(ctx, true, chunk);
+        }
+      }
       framer.push(chunk);
+      if (isTls && !tlsChecked) return;
       for (;;) {
         const body = framer.next();
         if (body === null) return;
         const pkt = decodeStartupPacket(body);
         switch (pkt.kind) {
-          case 'ssl': {
-            if (framer.pending !== 0) {
-              // Bytes sent before our answer could be injected by a man in the middle (CVE-2021-23214).
-              return reject('data after SSLRequest', 'GPRXY_SSL_STUFFING');
-            }
-            const ctx = isTls ? undefined : hooks.tlsContext();
-            if (isTls)
+          case 'ssl':
+          case 'gssenc': {
+            const what = pkt.kind === 'ssl' ? 'SSLRequest' : 'GSSENCRequest';
+            if (isTls) {
               return reject(
-                'SSLRequest inside TLS',
+                `${what} inside TLS`,
                 'GPRXY_SSL_TWICE',
-                PgError.protocolViolation('SSL negotiation inside TLS'),
+                PgError.protocolViolation(`${what} received on an encrypted connection`, 'GPRXY_SSL_TWICE'),
               );
+            }
+            if (framer.pending !== 0) {
+              // Bytes sent before our answer could be injected by a man in the middle (CVE-2021-23214): they
+              // would be taken as if they came over TLS. Close without answering.
+              return reject(`data after ${what}`, 'GPRXY_SSL_STUFFING');
+            }
+            const ctx = pkt.kind === 'ssl' ? hooks.tlsContext() : undefined;
             if (!ctx) {
               raw.write('N');
               continue;
             }
             raw.write('S');
-            upgrade(ctx);
+            upgrade(ctx, false);
             return;
           }
-          case 'gssenc':
-            if (framer.pending !== 0) return reject('data after GSSENCRequest', 'GPRXY_SSL_STUFFING');
-            socket.write('N');
-            continue;
           case 'cancel':
             finished = true;
             clearTimeout(timer);
@@ -159,9 +228,11 @@ function negotiate(raw: net.Socket, hooks: ListenerHooks): void {
           case 'startup': {
             finished = true;
             clearTimeout(timer);
-            detach();
+            socket.removeListener('data', onData);
             socket.pause();
-            socket.removeAllListeners('error');
+            // The session attaches its own 'error' listener right away (synchronously, in onStartup); the plain
+            // socket keeps ours, which only destroys.
+            if (onTlsError) socket.removeListener('error', onTlsError);
             const leftover = framer.drain();
             hooks.onStartup({
               socket,
@@ -179,11 +250,13 @@ function negotiate(raw: net.Socket, hooks: ListenerHooks): void {
       }
     } catch (e) {
       const err = toPgError(e, 'GPRXY_STARTUP');
-      reject(err.message, err.code ?? 'GPRXY_STARTUP', err);
+      if (!finished) reject(err.message, err.code ?? 'GPRXY_STARTUP', err);
+      else socket.destroy();
     }
   };
 
   raw.on('data', onData);
+  // Errors on the plain socket (ECONNRESET...) at any phase, also after TLS took it over: never unhandled.
   raw.on('error', () => socket.destroy());
   raw.on('close', () => {
     if (!finished) {

@@ -5,14 +5,25 @@ import { isIP } from 'node:net';
 import tls from 'node:tls';
 import type { ListenTlsConfig, ServerTlsConfig } from '../config/schema.ts';
 
-export function loadListenContext(cfg: ListenTlsConfig): tls.SecureContext {
-  return tls.createSecureContext({
+/** The listener's TLS setup, built once per config (re-read on reload). */
+export interface ListenTls {
+  context: tls.SecureContext;
+  /**
+   * A CA is configured: ask clients for a certificate and refuse one that does not verify against it (clients
+   * without a certificate are still let in, as PostgreSQL does with ssl_ca_file).
+   */
+  requestCert: boolean;
+}
+
+export function loadListenContext(cfg: ListenTlsConfig): ListenTls {
+  const context = tls.createSecureContext({
     cert: readFileSync(cfg.cert),
     key: readFileSync(cfg.key),
     ...(cfg.ca ? { ca: readFileSync(cfg.ca) } : {}),
     ...(cfg.ciphers ? { ciphers: cfg.ciphers } : {}),
     minVersion: cfg.min_version,
   });
+  return { context, requestCert: cfg.ca !== undefined };
 }
 
 /** Options for tls.connect toward a server, per libpq's sslmode semantics. */
