@@ -1,7 +1,6 @@
 // Composition root: builds the proxy from a Config (listener, sessions, pools, cancel routing, secrets) and
 // offers reload and shutdown. The only place that wires modules together.
 import { readFileSync } from 'node:fs';
-import type tls from 'node:tls';
 import { parseUserlist, type Secret } from './auth/verifiers.ts';
 import { CancelRegistry } from './cancel/registry.ts';
 import type { ProxyContext } from './client/context.ts';
@@ -10,7 +9,7 @@ import type { Config } from './config/load.ts';
 import type { Logger } from './log/logger.ts';
 import { dialServer, sendCancelRequest } from './net/dial.ts';
 import { type Listener, listen } from './net/listener.ts';
-import { loadListenContext } from './net/tls.ts';
+import { type ListenTls, loadListenContext } from './net/tls.ts';
 import { PoolRegistry } from './pool/pool.ts';
 import { PgError } from './protocol/errors.ts';
 import { cancelTarget, ServerConnection } from './server/connection.ts';
@@ -45,7 +44,7 @@ function loadSecrets(cfg: Config): Map<string, Secret> {
 export async function startProxy(initial: Config, log: Logger): Promise<ProxyHandle> {
   let config = initial;
   let secrets = loadSecrets(config);
-  let tlsContext: tls.SecureContext | undefined = config.listen.tls
+  let tlsContext: ListenTls | undefined = config.listen.tls
     ? loadListenContext(config.listen.tls)
     : undefined;
   const sessions = new Set<ClientSession>();
@@ -102,11 +101,14 @@ export async function startProxy(initial: Config, log: Logger): Promise<ProxyHan
       return conn;
     },
     cancelServer(server) {
-      sendCancelRequest(cancelTarget(server), server.pid, server.secret).catch((e: Error) =>
-        log.warn({ event: 'cancel_failed', reason: e.message }, 'cancel request failed'),
+      server.trackCancel(
+        sendCancelRequest(cancelTarget(server), server.pid, server.secret).catch((e: Error) =>
+          log.warn({ event: 'cancel_failed', reason: e.message }, 'cancel request failed'),
+        ),
       );
     },
     learned: new Map(),
+    pins: new Map(),
     mockKey: newMockKey(),
     clientCount: () => sessions.size,
     draining: () => draining,

@@ -24,6 +24,8 @@ export interface ProxyContext {
   mockKey: Buffer;
   /** Live client sessions, for max_client_conn and shutdown. */
   clientCount(): number;
+  /** Pins by reason since start (transaction mode). */
+  pins: Map<string, number>;
   /** True while draining for shutdown: new logins are refused. */
   draining(): boolean;
 }

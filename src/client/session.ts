@@ -18,10 +18,11 @@ import {
 import { PgError, toPgError } from '../protocol/errors.ts';
 import { type Frame, MAX_AUTH_MESSAGE, MessageFramer } from '../protocol/framer.ts';
 import { type ClientIO, SessionRelay } from '../relay/relay.ts';
+import { TransactionRelay } from '../relay/transaction.ts';
 import type { BackendCredential, ServerConnection } from '../server/connection.ts';
 import { type AuthChannel, authenticateClient } from './auth.ts';
 import type { ProxyContext } from './context.ts';
-import { startupSettings } from './startup-params.ts';
+import { startupSettingMap, startupSettings } from './startup-params.ts';
 
 export type SessionState = 'startup' | 'auth' | 'attaching' | 'active' | 'closing' | 'closed';
 
@@ -49,7 +50,10 @@ export class ClientSession implements ClientIO, AuthChannel {
   private frameWaiter: { resolve(f: Frame): void; reject(e: Error): void } | null = null;
   private lease: Lease<ServerConnection> | null = null;
   private relay: SessionRelay | null = null;
+  private txRelay: TransactionRelay | null = null;
   private key: IssuedKey | null = null;
+  /** Reading paused while a client pipelines past its login before a server is attached. */
+  private heldBack = false;
   private loginTimer: NodeJS.Timeout | undefined;
   private readonly socket: ClientSocket;
   private readonly onEnd: (s: ClientSession) => void;
@@ -166,6 +170,7 @@ export class ClientSession implements ClientIO, AuthChannel {
 
     this.transition('attaching');
     const pool = this.poolFor(db);
+    if (pool.settings.pool_mode !== 'session') return this.startTransactionMode(pool);
     const lease = await pool.acquire();
     if (this.state !== 'attaching') {
       lease.release(lease.server.reusable, 'client left while waiting');
@@ -195,6 +200,62 @@ export class ClientSession implements ClientIO, AuthChannel {
       serverClosed: (error) => this.onServerClosed(error),
       clientProtocolError: (error) => this.fail(error),
     });
+    // Bytes the client sent behind its login (a first query pipelined after the password) wait in the login
+    // framer: they go to the server now, after our ReadyForQuery has gone out.
+    const pipelined = this.framer?.drain();
+    this.framer = null;
+    this.flush();
+    if (pipelined?.length) this.relay.fromClient(pipelined);
+    if (this.heldBack) {
+      this.heldBack = false;
+      this.socket.resume();
+    }
+  }
+
+  /**
+   * Transaction and statement mode: no server is held between transactions. The login learns the parameters
+   * from a real server (with the client's startup settings applied), then a TransactionRelay takes over.
+   */
+  private async startTransactionMode(pool: Pool<ServerConnection>): Promise<void> {
+    const st = pool.settings;
+    const settings = startupSettingMap(this.accepted.startup.params);
+    if (settings instanceof PgError) throw settings;
+    const relay = new TransactionRelay(
+      this,
+      {
+        acquire: () => pool.acquire(),
+        released: () => undefined,
+        terminate: () => this.end('client sent Terminate'),
+        fail: (err) => this.fail(err),
+        pinned: (reason) => {
+          this.ctx.pins.set(reason, (this.ctx.pins.get(reason) ?? 0) + 1);
+          this.log.info({ event: 'pin', reason }, 'client pinned to its server');
+        },
+      },
+      {
+        mode: st.pool_mode === 'statement' ? 'statement' : 'transaction',
+        pinPolicy: st.pin_policy,
+        maxPreparedStatements: st.max_prepared_statements,
+        maxPacketSize: this.ctx.config().max_packet_size,
+      },
+      new Map(),
+      settings,
+    );
+    if (pool.welcome) {
+      relay.primeFromCache(pool.welcome, this.accepted.startup.params);
+    } else {
+      const lease = await pool.acquire();
+      pool.welcome ??= new Map(lease.server.loginParams);
+      await relay.prime(lease);
+    }
+    if (this.state !== 'attaching') return;
+    for (const [k, v] of relay.params) this.queue(encodeParameterStatus(k, v));
+    this.key = this.ctx.cancels.issue(this);
+    this.queue(encodeBackendKeyData(this.key.pid, this.key.secret));
+    this.queue(encodeReadyForQuery('I'));
+    this.transition('active');
+    clearTimeout(this.loginTimer);
+    this.txRelay = relay;
     this.framer = null;
     this.flush();
   }
@@ -282,7 +343,7 @@ export class ClientSession implements ClientIO, AuthChannel {
 
   /** Cancellable: a CancelRequest for this session's key goes to the server it uses right now. */
   cancel(): void {
-    const server = this.lease?.server;
+    const server = this.lease?.server ?? this.txRelay?.server;
     if (!server || server.closed || this.state !== 'active') return;
     this.log.info({ event: 'cancel', server_pid: server.pid }, 'forwarding cancel request');
     this.ctx.cancelServer(server);
@@ -295,6 +356,10 @@ export class ClientSession implements ClientIO, AuthChannel {
       this.relay.fromClient(chunk);
       return;
     }
+    if (this.txRelay) {
+      this.txRelay.fromClient(chunk);
+      return;
+    }
     if (!this.framer) return;
     try {
       this.framer.push(chunk);
@@ -305,6 +370,10 @@ export class ClientSession implements ClientIO, AuthChannel {
           this.frameWaiter = null;
           w.resolve(f);
         }
+      } else if (this.state === 'attaching' && this.framer.pending > MAX_AUTH_MESSAGE && !this.heldBack) {
+        // Pipelining past the login while waiting for a server: stop reading until the relay takes the bytes.
+        this.heldBack = true;
+        this.socket.pause();
       }
     } catch (e) {
       this.fail(toPgError(e));
@@ -349,11 +418,16 @@ export class ClientSession implements ClientIO, AuthChannel {
     if (this.key) this.ctx.cancels.revoke(this.key);
     this.relay?.stop();
     this.relay = null;
+    const txLease = this.txRelay?.stop() ?? null;
+    const pinned = this.txRelay?.pinReason != null;
+    this.txRelay = null;
     this.socket.end();
     setTimeout(() => this.socket.destroy(), 1000).unref();
     const lease = this.lease;
     this.lease = null;
-    if (lease) void this.returnServer(lease);
+    if (lease) void this.returnServer(lease, true);
+    // Transaction mode resets only a pinned server (pgbouncer semantics); a clean one goes back as it is.
+    if (txLease) void this.returnServer(txLease, pinned);
     this.transition('closed');
     this.log.info(
       { event: 'disconnect', reason, duration_ms: Date.now() - this.connectedAt, was_active: wasActive },
@@ -363,26 +437,36 @@ export class ClientSession implements ClientIO, AuthChannel {
   }
 
   /** Resets a session-mode server (server_reset_query at ReadyForQuery 'I') and returns it, or closes it. */
-  private async returnServer(lease: Lease<ServerConnection>): Promise<void> {
+  private async returnServer(lease: Lease<ServerConnection>, reset: boolean): Promise<void> {
     const server = lease.server;
     if (server.closed) return lease.release(false, 'closed');
+    // The client left while gprxy itself was talking to the server (applying its startup parameters): that
+    // exchange's replies are still coming, so nothing else can be sent; close rather than reset.
+    if (server.state === 'query') return lease.release(false, 'client left during login');
     const settings = poolSettings(this.ctx.config(), this.database, server.target.user);
     try {
-      if (server.outstanding > 0 || server.inCopy) {
-        // A query is still running: cancel it and drop the server rather than wait on it.
+      if (server.outstanding > 0 || server.inCopy || server.unsynced) {
+        // A query is still running, or extended-protocol work waits for a Sync that will never come (no Query can
+        // clean that up): cancel whatever runs and drop the server rather than wait on it.
         this.ctx.cancelServer(server);
         return lease.release(false, 'client left during a query');
       }
+      // A cancel the client sent may still be on its way: it must land before anything else runs on this server.
+      await server.cancelsSettled();
+      if (server.closed) return lease.release(false, 'closed');
       if (server.txStatus !== 'I') {
         const err = await server.query('ROLLBACK');
         if (err || !server.reusable) return lease.release(false, 'rollback failed');
       }
-      if (settings.server_reset_query) {
+      if (reset && settings.server_reset_query) {
         const err = await server.query(settings.server_reset_query);
         if (err) {
           this.log.warn({ event: 'reset_failed', sqlstate: err.sqlState }, 'server_reset_query failed');
           return lease.release(false, 'reset failed');
         }
+        // DISCARD ALL (or any reset) leaves no settings and no prepared statements behind.
+        server.applied.clear();
+        server.statements.clear();
       }
       lease.release(server.reusable, 'not idle after reset');
     } catch {

@@ -33,6 +33,9 @@ const poolSettingsShape = {
   server_lifetime: duration.optional(),
   server_connect_timeout: duration.optional(),
   server_login_retry: duration.optional(),
+  /** Transaction mode: what untrackable session state does to a client (pin it to its server, or refuse). */
+  pin_policy: z.enum(['pin', 'refuse']).optional(),
+  max_prepared_statements: z.number().int().min(1).optional(),
 };
 
 const tlsFiles = z.strictObject({
@@ -125,6 +128,8 @@ export interface PoolSettings {
   server_lifetime: number;
   server_connect_timeout: number;
   server_login_retry: number;
+  pin_policy: 'pin' | 'refuse';
+  max_prepared_statements: number;
 }
 
 export const POOL_DEFAULTS: PoolSettings = {
@@ -141,6 +146,8 @@ export const POOL_DEFAULTS: PoolSettings = {
   server_lifetime: 3_600_000,
   server_connect_timeout: 15_000,
   server_login_retry: 15_000,
+  pin_policy: 'pin',
+  max_prepared_statements: 200,
 };
 
 export const POOL_KEYS = Object.keys(POOL_DEFAULTS) as (keyof PoolSettings)[];

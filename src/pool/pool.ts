@@ -55,6 +55,8 @@ export class Pool<S extends PooledServer> {
   private connecting = 0;
   private readonly waiters: Waiter<S>[] = [];
   private lastFailure: { error: PgError; at: number } | undefined;
+  /** The parameters a server reports at login, cached from the pool's first server (transaction-mode logins). */
+  welcome: ReadonlyMap<string, string> | undefined;
   private closedForGood = false;
 
   constructor(

@@ -24,8 +24,21 @@ export interface RelayEvents {
   clientProtocolError(error: PgError): void;
 }
 
-/** Client message types the session-mode relay looks at: Terminate (dropped), and what expects a ReadyForQuery. */
-const CLIENT_POLICY = scanPolicy({ X: Scan.INSPECT, Q: Scan.NOTE, S: Scan.NOTE, F: Scan.NOTE });
+/**
+ * Client message types the session-mode relay looks at: Terminate (dropped), what expects a ReadyForQuery (Q, S, F),
+ * and the extended-protocol messages that leave work open until their Sync (P, B, E, D, C).
+ */
+const CLIENT_POLICY = scanPolicy({
+  X: Scan.INSPECT,
+  Q: Scan.NOTE,
+  S: Scan.NOTE,
+  F: Scan.NOTE,
+  P: Scan.NOTE,
+  B: Scan.NOTE,
+  E: Scan.NOTE,
+  D: Scan.NOTE,
+  C: Scan.NOTE,
+});
 
 export class SessionRelay implements ScanHandler, ServerSink {
   private readonly scanner: StreamScanner;
@@ -59,8 +72,17 @@ export class SessionRelay implements ScanHandler, ServerSink {
   }
 
   // ScanHandler (client -> server)
-  onNote(): void {
-    this.server.outstanding++;
+  onNote(type: number): void {
+    if (type === 0x53 /* S */) {
+      this.server.outstanding++;
+      this.server.unsynced = false;
+    } else if (type === 0x51 /* Q */ || type === 0x46 /* F */) {
+      this.server.outstanding++;
+    } else {
+      // Parse/Bind/Execute/Describe/Close: until the Sync, the server holds an implicit transaction (or, after an
+      // error, skips everything up to a Sync). A client leaving now leaves a server no Query can clean.
+      this.server.unsynced = true;
+    }
   }
 
   onMessage(type: number): boolean {

@@ -26,6 +26,7 @@ import {
   encodeStartupMessage,
   TERMINATE,
 } from '../protocol/frontend.ts';
+import { StatementCache } from './statement-cache.ts';
 
 /** What gprxy logs in to PostgreSQL with, per user: a plaintext password, an MD5 hash, or a recovered SCRAM key. */
 export type BackendCredential =
@@ -47,6 +48,10 @@ export type Dialer = (t: DialTarget) => Promise<{ socket: ServerSocket; tls: boo
 
 /** Receives an attached server's inbound bytes and end. */
 export interface ServerSink {
+  /** Extra message types the sink inspects (transaction mode); the connection's own Z/S/E are always inspected. */
+  readonly policy?: Uint8Array;
+  /** An inspected message, after the connection updated its own state; true drops it. */
+  onServerMessage?(type: number, body: Buffer, scanner: StreamScanner): boolean;
   toClient(bytes: Buffer): void;
   /** The server closed or failed while attached; `error` is the server's own FATAL when it sent one. */
   serverClosed(error: PgError | undefined): void;
@@ -72,6 +77,14 @@ const RELAY_POLICY = scanPolicy({
   W: Scan.NOTE,
 });
 
+/** A sink's policy plus the types the connection itself must see. */
+function mergePolicy(policy: Uint8Array): Uint8Array {
+  if (policy === RELAY_POLICY) return policy;
+  const p = Uint8Array.from(policy);
+  for (let i = 0; i < 256; i++) p[i] = Math.max(p[i]!, RELAY_POLICY[i]!);
+  return p;
+}
+
 let nextId = 1;
 
 export class ServerConnection implements ScanHandler {
@@ -86,12 +99,21 @@ export class ServerConnection implements ScanHandler {
   /** In COPY (in, out or both) since the last ReadyForQuery. */
   inCopy = false;
   readonly params = new Map<string, string>();
+  /** The parameters as reported at login, before any client changed them. */
+  loginParams: ReadonlyMap<string, string> = new Map();
+  /** Settings gprxy applied for the current or last client (name -> SQL value text), for transaction-mode sync. */
+  readonly applied = new Map<string, string>();
+  /** Named statements this server holds (transaction mode). */
+  readonly statements = new StatementCache(200);
+  /** An extended-protocol sequence was left without its Sync: the server is not at a clean boundary. */
+  unsynced = false;
   state: ServerState = 'login';
   /** Why the connection closed, for logs. */
   closeReason = '';
 
   private sink: ServerSink | null = null;
-  private readonly scanner: StreamScanner;
+  private scanner: StreamScanner;
+  private readonly scanners = new Map<Uint8Array, StreamScanner>();
   private framer = new MessageFramer(1024 * 1024);
   private waiter: ((f: { type: number; body: Buffer } | null) => void) | null = null;
   private fatal: PgError | undefined;
@@ -137,7 +159,13 @@ export class ServerConnection implements ScanHandler {
 
   /** Clean and idle at a message boundary: safe to hand to another client. */
   get reusable(): boolean {
-    return this.state !== 'closed' && this.txStatus === 'I' && this.outstanding === 0 && !this.inCopy;
+    return (
+      this.state !== 'closed' &&
+      this.txStatus === 'I' &&
+      this.outstanding === 0 &&
+      !this.inCopy &&
+      !this.unsynced
+    );
   }
 
   onClosed(fn: (c: ServerConnection) => void): void {
@@ -213,6 +241,7 @@ export class ServerConnection implements ScanHandler {
         }
         case B.ReadyForQuery:
           this.txStatus = decodeReadyForQuery(f.body);
+          this.loginParams = new Map(this.params);
           this.transition('idle');
           return;
         case B.ErrorResponse:
@@ -316,7 +345,8 @@ export class ServerConnection implements ScanHandler {
     ) {
       this.fatal = pgErrorFromFields(decodeErrorFields(body));
     }
-    return false;
+    const sink = this.sink;
+    return sink?.onServerMessage ? sink.onServerMessage(type, body, this.scanner) : false;
   }
 
   forward(bytes: Buffer): void {
@@ -328,6 +358,13 @@ export class ServerConnection implements ScanHandler {
   attach(sink: ServerSink): void {
     this.transition('attached');
     this.sink = sink;
+    const policy = sink.policy ?? RELAY_POLICY;
+    let scanner = this.scanners.get(policy);
+    if (!scanner) {
+      scanner = new StreamScanner(mergePolicy(policy), 1024 * 1024, this);
+      this.scanners.set(policy, scanner);
+    }
+    this.scanner = scanner;
     this.outstanding = 0;
     this.inCopy = false;
   }
@@ -365,6 +402,8 @@ export class ServerConnection implements ScanHandler {
    * boundary; swallows the replies. Resolves with the server's first error, if any.
    */
   async query(sql: string): Promise<PgError | undefined> {
+    // One internal query at a time: a second one would take the first one's replies for its own.
+    if (this.state === 'query') throw PgError.internal('GPRXY_SERVER_BUSY');
     const back = this.state;
     this.transition('query');
     this.socket.write(encodeQuery(sql));
@@ -391,6 +430,24 @@ export class ServerConnection implements ScanHandler {
     if (!this.socket.destroyed && this.socket.writable) this.socket.end(TERMINATE);
     this.onClose(reason);
     setTimeout(() => this.socket.destroy(), 1000).unref();
+  }
+
+  // ---- cancel requests in flight --------------------------------------------------------------------------------
+
+  private readonly cancels = new Set<Promise<void>>();
+
+  /** A CancelRequest sent for this server; it settles once the cancel connection has closed. */
+  trackCancel(sent: Promise<void>): void {
+    this.cancels.add(sent);
+    void sent.finally(() => this.cancels.delete(sent));
+  }
+
+  /**
+   * Resolves when no CancelRequest for this server is on its way any more (PostgreSQL has signalled the backend
+   * before it closes the cancel connection). Until then the server must not run anything for another client.
+   */
+  async cancelsSettled(): Promise<void> {
+    while (this.cancels.size > 0) await Promise.allSettled([...this.cancels]);
   }
 
   /** The PostgreSQL FATAL the server sent before closing, if any. */

@@ -1,0 +1,684 @@
+// Transaction and statement pooling: leases a server when a client's transaction starts and releases it at
+// ReadyForQuery 'I' with nothing outstanding. Keeps a FIFO of expected responses per lease (forward, swallow,
+// synthesize) for injected parameter sync and prepared statements; pins clients whose session state cannot move.
+
+import type { Lease } from '../pool/pool.ts';
+import { B, encodeError, encodeReadyForQuery, type TxStatus } from '../protocol/backend.ts';
+import { PgError } from '../protocol/errors.ts';
+import { Scan, type ScanHandler, StreamScanner, scanPolicy } from '../protocol/framer.ts';
+import { encodeQuery, F } from '../protocol/frontend.ts';
+import type { ServerConnection, ServerSink } from '../server/connection.ts';
+import { literal } from '../server/sql.ts';
+import type { ClientIO } from './relay.ts';
+import { type PinReason, scanSql } from './sql-scan.ts';
+import {
+  encodeBind,
+  encodeParse,
+  encodeTarget,
+  readBind,
+  readParse,
+  readTarget,
+  serverStatementName,
+} from './statements.ts';
+
+export type PinPolicy = 'pin' | 'refuse';
+
+export interface TransactionHost {
+  /** Leases a server from the client's pool (rejects with a PgError). */
+  acquire(): Promise<Lease<ServerConnection>>;
+  /** The lease ended cleanly; nothing to do but note it. */
+  released(): void;
+  /** Client sent Terminate. */
+  terminate(): void;
+  /** Unrecoverable: send the error and close the client. */
+  fail(err: PgError): void;
+  /** Pinned for the first time (logged and counted once). */
+  pinned(reason: PinReason): void;
+}
+
+export interface TransactionOptions {
+  mode: 'transaction' | 'statement';
+  pinPolicy: PinPolicy;
+  maxPreparedStatements: number;
+  maxPacketSize: number;
+}
+
+/** What the client expects back for one thing sent to the server, in order. */
+type Expectation =
+  | { kind: 'query' } // Query/FunctionCall: forward everything through ReadyForQuery
+  | { kind: 'sync' } // Sync: ReadyForQuery
+  | { kind: 'reply'; ends: number; ends2: number; parses?: string } // one extended message's reply
+  | { kind: 'swallowQuery' } // injected Query: drop everything through ReadyForQuery
+  | { kind: 'swallowParse'; name: string } // injected Parse: drop its ParseComplete
+  | { kind: 'swallowClose'; name: string } // injected Close of an evicted statement: drop its CloseComplete
+  | { kind: 'synth'; make: () => Buffer }; // answer the client ourselves at this point
+
+/** Client messages the relay reads; COPY data and the like stream through. */
+const CLIENT_POLICY = scanPolicy({
+  Q: Scan.INSPECT,
+  P: Scan.INSPECT,
+  B: Scan.INSPECT,
+  D: Scan.INSPECT,
+  C: Scan.INSPECT,
+  E: Scan.INSPECT,
+  S: Scan.INSPECT,
+  H: Scan.INSPECT,
+  F: Scan.INSPECT,
+  X: Scan.INSPECT,
+});
+
+/** Server messages that end a reply or need attention; rows and COPY data stream through. */
+export const TX_SERVER_POLICY = scanPolicy({
+  Z: Scan.INSPECT,
+  S: Scan.INSPECT,
+  E: Scan.INSPECT,
+  '1': Scan.INSPECT,
+  '2': Scan.INSPECT,
+  '3': Scan.INSPECT,
+  n: Scan.INSPECT,
+  T: Scan.INSPECT,
+  C: Scan.INSPECT,
+  s: Scan.INSPECT,
+  I: Scan.INSPECT,
+  G: Scan.NOTE,
+  H: Scan.NOTE,
+  W: Scan.NOTE,
+});
+
+const PARSE_COMPLETE = Buffer.from([0x31, 0, 0, 0, 4]);
+const CLOSE_COMPLETE = Buffer.from([0x33, 0, 0, 0, 4]);
+const NONE = 0;
+
+/** Reported parameters a client cannot set. */
+const NOT_SETTABLE = new Set([
+  'server_version',
+  'server_encoding',
+  'integer_datetimes',
+  'is_superuser',
+  'session_authorization',
+  'in_hot_standby',
+  'scram_iterations',
+  'default_transaction_read_only',
+]);
+
+const IDENT = /^[A-Za-z_][A-Za-z0-9_$.]*$/;
+
+export class TransactionRelay implements ScanHandler, ServerSink {
+  readonly policy = TX_SERVER_POLICY;
+  private readonly scanner: StreamScanner;
+  private lease: Lease<ServerConnection> | null = null;
+  private acquiring = false;
+  private held: Buffer[] = [];
+  private heldBytes = 0;
+  private readonly expect: Expectation[] = [];
+  private pin: PinReason | null = null;
+  private ended = false;
+  /** Extended-protocol messages sent since the last Sync: the server is mid-sequence. */
+  private unsynced = false;
+  /** After a refused Parse, the client's messages are dropped up to its Sync, as PostgreSQL would skip them. */
+  private skipUntilSync = false;
+  /** The client's view of the transaction status (last ReadyForQuery it saw). */
+  private clientStatus: TxStatus = 'I';
+  /** Client statement name -> server statement name and the Parse body tail (query + types). */
+  private readonly statements = new Map<string, { server: string; rest: Buffer }>();
+  /** A standalone SET/RESET waiting for its ReadyForQuery to be recorded. */
+  private pendingSetting: ReturnType<typeof scanSql>['setting'] | undefined;
+
+  constructor(
+    private readonly client: ClientIO,
+    private readonly host: TransactionHost,
+    private readonly opts: TransactionOptions,
+    /** Parameters as the client was told (ParameterStatus), kept in sync with what its transactions report. */
+    readonly params: Map<string, string>,
+    /** Settings the client asked for (startup packet, standalone SET): name -> SQL value text. */
+    readonly settings: Map<string, string>,
+  ) {
+    this.scanner = new StreamScanner(CLIENT_POLICY, opts.maxPacketSize, this);
+    client.onDrain = () => this.lease?.server.resume();
+  }
+
+  get server(): ServerConnection | undefined {
+    return this.lease?.server;
+  }
+
+  get pinReason(): PinReason | null {
+    return this.pin;
+  }
+
+  // ---- client -> server -------------------------------------------------------------------------------------
+
+  fromClient(chunk: Buffer): void {
+    if (this.ended) return;
+    if (!this.lease) {
+      if (this.heldBytes === 0 && !this.acquiring && this.scanner.atBoundary && this.answerLocally(chunk))
+        return;
+      this.held.push(chunk);
+      this.heldBytes += chunk.length;
+      if (this.heldBytes > 1024 * 1024) this.client.pause();
+      if (!this.acquiring) this.acquire();
+      return;
+    }
+    const server = this.lease.server;
+    server.cork();
+    try {
+      this.scanner.push(chunk);
+    } catch (e) {
+      this.ended = true;
+      this.host.fail(e instanceof PgError ? e : PgError.protocolViolation('malformed message'));
+    } finally {
+      server.uncork();
+    }
+  }
+
+  /** Client bytes to the leased server; a full socket buffer pauses the client until it drains. */
+  forward(bytes: Buffer): void {
+    const server = this.lease?.server;
+    if (!server || this.ended) return;
+    if (!server.write(bytes)) this.client.pause();
+  }
+
+  /**
+   * What an idle client can be answered without a server: Terminate, and named Parse messages followed by Sync
+   * (libpq's PQprepare). The Parse is recorded and sent to a server with the first Bind or Describe that needs it,
+   * so a synchronous prepare never waits for a server held by another client's open transaction (pgbench
+   * -M prepared runs all its clients on one thread). An invalid statement then fails at that Bind, with
+   * PostgreSQL's own error.
+   */
+  private answerLocally(chunk: Buffer): boolean {
+    if (chunk.length === 5 && chunk[0] === F.Terminate) {
+      this.ended = true;
+      this.host.terminate();
+      return true;
+    }
+    const parses: { name: string; rest: Buffer }[] = [];
+    let pos = 0;
+    while (pos + 5 <= chunk.length) {
+      const type = chunk[pos]!;
+      const len = chunk.readInt32BE(pos + 1);
+      if (len < 4 || pos + 1 + len > chunk.length) return false;
+      const body = chunk.subarray(pos + 5, pos + 1 + len);
+      pos += 1 + len;
+      if (type === F.Sync) {
+        if (pos !== chunk.length || parses.length === 0) return false;
+        break;
+      }
+      if (type !== F.Parse) return false;
+      const p = readParse(body);
+      if (p.name === '' || this.statements.has(p.name) || scanSql(p.query, false).pin) return false;
+      parses.push({ name: p.name, rest: p.rest });
+    }
+    if (pos !== chunk.length || chunk[chunk.length - 5] !== F.Sync) return false;
+    const out: Buffer[] = [];
+    for (const p of parses) {
+      this.statements.set(p.name, { server: serverStatementName(p.rest), rest: p.rest });
+      out.push(PARSE_COMPLETE);
+    }
+    out.push(encodeReadyForQuery('I'));
+    this.client.write(Buffer.concat(out));
+    return true;
+  }
+
+  private acquire(): void {
+    this.acquiring = true;
+    this.host.acquire().then(
+      (lease) => {
+        this.acquiring = false;
+        if (this.ended) {
+          lease.release(lease.server.reusable);
+          return;
+        }
+        this.attach(lease);
+      },
+      (err: unknown) => {
+        this.acquiring = false;
+        this.ended = true;
+        this.host.fail(err instanceof PgError ? err : PgError.serverGone('could not get a server'));
+      },
+    );
+  }
+
+  private attach(lease: Lease<ServerConnection>): void {
+    this.lease = lease;
+    const server = lease.server;
+    server.attach(this);
+    server.onDrain = () => this.client.resume();
+    server.statements.max = this.opts.maxPreparedStatements;
+    const sync = this.syncSql(server);
+    server.cork();
+    if (sync) {
+      // Same round trip as the client's first message: written ahead of it, its replies swallowed.
+      this.expect.push({ kind: 'swallowQuery' });
+      server.outstanding++;
+      server.write(encodeQuery(sync));
+    }
+    const held = this.held;
+    this.held = [];
+    this.heldBytes = 0;
+    server.uncork();
+    this.client.resume();
+    for (const chunk of held) {
+      if (!this.lease || this.ended) break;
+      this.fromClient(chunk);
+    }
+    // Nothing needed a reply (e.g. only a Flush): give the server back.
+    this.maybeRelease();
+  }
+
+  /**
+   * At login: applies the client's startup settings on a server to learn the ParameterStatus values it will be
+   * told (a real server's values, with its own overrides), then gives the server back. Throws the server's error
+   * for a setting PostgreSQL rejects.
+   */
+  async prime(lease: Lease<ServerConnection>): Promise<void> {
+    const server = lease.server;
+    try {
+      const sql = this.syncSql(server);
+      const err = sql ? await server.query(sql) : undefined;
+      if (err) throw new PgError('FATAL', err.sqlState, err.message, { code: 'GPRXY_STARTUP_PARAM' });
+      for (const [k, v] of server.params) this.params.set(k, v);
+    } finally {
+      lease.release(server.reusable, 'not idle after login');
+    }
+  }
+
+  /**
+   * At login without a server (pgbouncer's cached welcome): the pool's first server's login parameters, with the
+   * client's own startup values for the reported ones. A login never waits for a server, so clients holding every
+   * server in open transactions cannot block a new client's login (pgbench connects all clients on one thread).
+   */
+  primeFromCache(welcome: ReadonlyMap<string, string>, startup: ReadonlyMap<string, string>): void {
+    const canonical = new Map<string, string>();
+    for (const [k, v] of welcome) {
+      this.params.set(k, v);
+      canonical.set(k.toLowerCase(), k);
+    }
+    for (const [k, v] of startup) {
+      const name = canonical.get(k.toLowerCase());
+      if (name !== undefined && !NOT_SETTABLE.has(name)) this.params.set(name, v);
+    }
+  }
+
+  /** SET/RESET for settings that differ between this client and the server, plus reported parameters. */
+  private syncSql(server: ServerConnection): string | undefined {
+    const parts: string[] = [];
+    for (const [name, value] of this.settings) {
+      if (server.applied.get(name) !== value) parts.push(`SET "${name}" TO ${value}`);
+    }
+    for (const name of server.applied.keys()) {
+      if (!this.settings.has(name)) parts.push(`RESET "${name}"`);
+    }
+    const calls: string[] = [];
+    for (const [name, value] of this.params) {
+      if (NOT_SETTABLE.has(name) || this.settings.has(name.toLowerCase()) || !IDENT.test(name)) continue;
+      if (server.params.get(name) !== value)
+        calls.push(`pg_catalog.set_config(${literal(name)}, ${literal(value)}, false)`);
+    }
+    if (calls.length) parts.push(`SELECT ${calls.join(', ')}`);
+    if (parts.length === 0) return undefined;
+    server.applied.clear();
+    for (const [k, v] of this.settings) server.applied.set(k, v);
+    for (const [name, value] of this.params) if (!NOT_SETTABLE.has(name)) server.params.set(name, value);
+    return parts.join('; ');
+  }
+
+  onNote(): void {}
+
+  /** Execute, Sync, Flush, FunctionCall: what they expect back. */
+  private onControl(server: ServerConnection, type: number): void {
+    switch (type) {
+      case F.Sync:
+        this.unsynced = false;
+        this.expect.push({ kind: 'sync' });
+        server.outstanding++;
+        break;
+      case F.Execute:
+        this.unsynced = true;
+        this.expect.push({ kind: 'reply', ends: B.CommandComplete, ends2: 0x73 /* s */, parses: undefined });
+        break;
+      case F.Flush:
+        this.unsynced = true;
+        break;
+      case F.FunctionCall:
+        this.expect.push({ kind: 'query' });
+        server.outstanding++;
+        break;
+    }
+  }
+
+  onMessage(type: number, body: Buffer): boolean {
+    const server = this.lease?.server;
+    if (!server) return false;
+    if (type === F.Terminate) {
+      this.scanner.flushBefore();
+      this.ended = true;
+      queueMicrotask(() => this.host.terminate());
+      return true;
+    }
+    if (this.skipUntilSync) {
+      if (type !== F.Sync) return true;
+      this.skipUntilSync = false;
+    }
+    switch (type) {
+      case F.Execute:
+      case F.Sync:
+      case F.Flush:
+      case F.FunctionCall:
+        this.onControl(server, type);
+        return false;
+      case F.Query:
+        return this.onQuery(server, body);
+      case F.Parse:
+        return this.onParse(server, body);
+      case F.Bind:
+        return this.onBind(server, body);
+      case F.Describe:
+        return this.onDescribe(server, body);
+      case F.Close:
+        return this.onClose(server, body);
+    }
+    return false;
+  }
+
+  private onQuery(server: ServerConnection, body: Buffer): boolean {
+    const sql = body.toString('utf8', 0, Math.max(0, body.length - 1));
+    const fx = scanSql(sql, this.clientStatus !== 'I');
+    if (fx.pin && !this.pin) {
+      if (this.opts.pinPolicy === 'refuse') return this.refuse(fx.pin, true);
+      this.setPin(fx.pin);
+    }
+    this.pendingSetting = fx.setting;
+    if (fx.dropsStatements === 'all') {
+      this.statements.clear();
+      server.statements.clear();
+    } else if (fx.deallocate !== undefined) {
+      this.statements.delete(fx.deallocate);
+    }
+    this.expect.push({ kind: 'query' });
+    server.outstanding++;
+    if (this.opts.mode === 'statement' && this.clientStatus !== 'I') return false;
+    return false;
+  }
+
+  private onParse(server: ServerConnection, body: Buffer): boolean {
+    const p = readParse(body);
+    const fx = scanSql(p.query, this.clientStatus !== 'I');
+    if (fx.pin && !this.pin) {
+      if (this.opts.pinPolicy === 'refuse') return this.refuse(fx.pin, false);
+      this.setPin(fx.pin);
+    }
+    this.unsynced = true;
+    if (p.name === '') {
+      this.expect.push({ kind: 'reply', ends: 0x31, ends2: NONE });
+      return false;
+    }
+    const serverName = serverStatementName(p.rest);
+    this.statements.set(p.name, { server: serverName, rest: p.rest });
+    if (server.statements.has(serverName)) {
+      server.statements.touch(serverName);
+      this.synth(() => PARSE_COMPLETE);
+      this.scanner.flushBefore();
+      return true;
+    }
+    this.scanner.flushBefore();
+    this.evictFor(server);
+    server.statements.add(serverName);
+    server.write(encodeParse(serverName, p.rest));
+    this.expect.push({ kind: 'reply', ends: 0x31, ends2: NONE, parses: serverName });
+    return true;
+  }
+
+  /** Makes sure the server has the client's statement; returns its server name (or undefined: unknown name). */
+  private ensurePrepared(server: ServerConnection, clientName: string): string | undefined {
+    const st = this.statements.get(clientName);
+    if (!st) return undefined;
+    if (server.statements.has(st.server)) {
+      server.statements.touch(st.server);
+      return st.server;
+    }
+    this.evictFor(server);
+    server.statements.add(st.server);
+    server.write(encodeParse(st.server, st.rest));
+    this.expect.push({ kind: 'swallowParse', name: st.server });
+    return st.server;
+  }
+
+  private evictFor(server: ServerConnection): void {
+    for (const name of server.statements.evictFor(1)) {
+      server.write(encodeTarget(F.Close, 0x53, name));
+      this.expect.push({ kind: 'swallowClose', name });
+    }
+  }
+
+  private onBind(server: ServerConnection, body: Buffer): boolean {
+    this.unsynced = true;
+    const b = readBind(body);
+    if (b.statement === '' || !this.statements.has(b.statement)) {
+      this.expect.push({ kind: 'reply', ends: 0x32, ends2: NONE });
+      return false;
+    }
+    this.scanner.flushBefore();
+    const name = this.ensurePrepared(server, b.statement)!;
+    server.write(encodeBind(b.portal, name, body, b.restOffset));
+    this.expect.push({ kind: 'reply', ends: 0x32, ends2: NONE });
+    return true;
+  }
+
+  private onDescribe(server: ServerConnection, body: Buffer): boolean {
+    this.unsynced = true;
+    const t = readTarget(body);
+    this.expect.push({ kind: 'reply', ends: B.RowDescription, ends2: 0x6e /* n */ });
+    if (t.kind !== 0x53 || t.name === '' || !this.statements.has(t.name)) return false;
+    const last = this.expect.pop()!;
+    this.scanner.flushBefore();
+    const name = this.ensurePrepared(server, t.name)!;
+    server.write(encodeTarget(F.Describe, 0x53, name));
+    this.expect.push(last);
+    return true;
+  }
+
+  private onClose(server: ServerConnection, body: Buffer): boolean {
+    this.unsynced = true;
+    const t = readTarget(body);
+    if (t.kind === 0x53 && t.name !== '') {
+      // Named statements stay prepared on the server (other clients may share them); answer locally, in order.
+      this.statements.delete(t.name);
+      this.synth(() => CLOSE_COMPLETE);
+      this.scanner.flushBefore();
+      return true;
+    }
+    void server;
+    this.expect.push({ kind: 'reply', ends: 0x33, ends2: NONE });
+    return false;
+  }
+
+  private refuse(reason: PinReason, isQuery: boolean): boolean {
+    const err = new PgError(
+      'ERROR',
+      '0A000',
+      `${reason.replaceAll('_', ' ')} is not supported in ${this.opts.mode} pooling mode (pin policy: refuse)`,
+      { code: 'GPRXY_PIN_REFUSED', hint: 'use a session-mode pool for this client, or pin_policy: pin' },
+    );
+    this.scanner.flushBefore();
+    this.synth(() => encodeError(err));
+    if (isQuery) this.synth(() => encodeReadyForQuery(this.lease?.server.txStatus ?? this.clientStatus));
+    else this.skipUntilSync = true;
+    return true;
+  }
+
+  private setPin(reason: PinReason): void {
+    this.pin = reason;
+    this.host.pinned(reason);
+  }
+
+  /** Queues a message of our own for the client at this point of the response stream. */
+  private synth(make: () => Buffer): void {
+    this.expect.push({ kind: 'synth', make });
+    this.drainSynth();
+  }
+
+  private drainSynth(): void {
+    while (this.expect[0]?.kind === 'synth') {
+      const e = this.expect.shift() as { kind: 'synth'; make: () => Buffer };
+      this.client.write(e.make());
+    }
+  }
+
+  // ---- server -> client (ServerSink) ------------------------------------------------------------------------
+
+  toClient(bytes: Buffer): void {
+    if (!this.client.write(bytes)) this.lease?.server.pause();
+  }
+
+  onServerMessage(type: number, body: Buffer, scanner: StreamScanner): boolean {
+    if (type === B.ParameterStatus) {
+      const head = this.expect[0];
+      if (head?.kind === 'swallowQuery') return true;
+      const nul = body.indexOf(0);
+      if (nul > 0)
+        this.params.set(body.toString('utf8', 0, nul), body.toString('utf8', nul + 1, body.length - 1));
+      return false;
+    }
+    const head = this.expect[0];
+    if (!head) return false; // async messages (NoticeResponse is PASS; nothing else is expected here)
+    let drop = false;
+    let done = false;
+    switch (head.kind) {
+      case 'query':
+      case 'sync':
+        done = type === B.ReadyForQuery;
+        break;
+      case 'swallowQuery':
+        if (type === B.ErrorResponse) {
+          // The client's own settings were refused (as PostgreSQL would have at login): end the session.
+          this.ended = true;
+          const fields = new Map<string, string>();
+          let i = 0;
+          while (i < body.length && body[i] !== 0) {
+            const end = body.indexOf(0, i + 1);
+            fields.set(String.fromCharCode(body[i]!), body.toString('utf8', i + 1, end));
+            i = end + 1;
+          }
+          const err = new PgError('FATAL', fields.get('C') ?? '22023', fields.get('M') ?? 'invalid setting', {
+            code: 'GPRXY_SETTING_REFUSED',
+          });
+          queueMicrotask(() => this.host.fail(err));
+          return true;
+        }
+        drop = true;
+        done = type === B.ReadyForQuery;
+        break;
+      case 'reply':
+        if (type === B.ErrorResponse) {
+          this.skipToSync(1);
+          return false;
+        }
+        done = type === head.ends || (head.ends2 !== NONE && type === head.ends2) || type === 0x49 /* I */;
+        break;
+      case 'swallowParse':
+      case 'swallowClose':
+        if (type === B.ErrorResponse) {
+          // PostgreSQL's own error reaches the client; the statements after it are skipped up to Sync.
+          this.skipToSync(1);
+          return false;
+        }
+        drop = true;
+        done = true;
+        break;
+    }
+    if (type === B.ReadyForQuery) this.onReadyForQuery(body, head.kind === 'swallowQuery');
+    if (done) {
+      this.expect.shift();
+      if (this.expect[0]?.kind === 'synth') {
+        if (!drop) scanner.flushThrough();
+        else scanner.flushBefore();
+        this.drainSynth();
+      }
+    }
+    if (type === B.ReadyForQuery && this.expect.length === 0) queueMicrotask(() => this.maybeRelease());
+    return drop;
+  }
+
+  /** After an ErrorResponse in an extended sequence the server skips to Sync: so do the expectations. */
+  private skipToSync(from: number): void {
+    const server = this.lease?.server;
+    const skipped = this.expect.splice(0, from);
+    while (this.expect.length && this.expect[0]!.kind !== 'sync') skipped.push(this.expect.shift()!);
+    for (const e of skipped) {
+      if (!server) break;
+      if (e.kind === 'swallowParse') server.statements.delete(e.name);
+      else if (e.kind === 'reply' && e.parses) server.statements.delete(e.parses);
+      else if (e.kind === 'swallowClose') server.statements.add(e.name);
+    }
+  }
+
+  private onReadyForQuery(body: Buffer, injected: boolean): void {
+    const status = String.fromCharCode(body[0] ?? 0x49) as TxStatus;
+    if (injected) return;
+    this.clientStatus = status;
+    const set = this.pendingSetting;
+    this.pendingSetting = undefined;
+    if (set && status === 'I') {
+      const server = this.lease?.server;
+      if ('name' in set) {
+        this.settings.set(set.name, set.value);
+        server?.applied.set(set.name, set.value);
+      } else if ('reset' in set) {
+        this.settings.delete(set.reset);
+        server?.applied.delete(set.reset);
+      } else {
+        this.settings.clear();
+        server?.applied.clear();
+      }
+    }
+    if (this.opts.mode === 'statement' && status !== 'I' && !this.pin) {
+      this.ended = true;
+      queueMicrotask(() =>
+        this.host.fail(
+          new PgError('FATAL', '08P01', 'transaction blocks are not allowed in statement pooling mode', {
+            code: 'GPRXY_STATEMENT_MODE_TX',
+          }),
+        ),
+      );
+    }
+  }
+
+  /** Releases the server at ReadyForQuery 'I' with nothing outstanding, unless pinned. */
+  private maybeRelease(): void {
+    const lease = this.lease;
+    if (!lease || this.ended || this.pin) return;
+    const server = lease.server;
+    if (
+      this.expect.length > 0 ||
+      this.unsynced ||
+      server.inCopy ||
+      server.txStatus !== 'I' ||
+      server.outstanding > 0
+    ) {
+      return;
+    }
+    this.lease = null;
+    server.detach();
+    lease.release(server.reusable, 'not idle at release');
+    this.host.released();
+  }
+
+  serverClosed(error: PgError | undefined): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.lease = null;
+    this.host.fail(error ?? PgError.serverGone('server connection lost'));
+  }
+
+  /** The session ends: hand back the lease (the session resets or closes it). */
+  stop(): Lease<ServerConnection> | null {
+    this.ended = true;
+    this.client.onDrain = undefined;
+    const lease = this.lease;
+    this.lease = null;
+    if (lease && !lease.server.closed) {
+      if (this.unsynced) lease.server.unsynced = true;
+      lease.server.detach();
+    }
+    return lease;
+  }
+}
