@@ -2,7 +2,7 @@
 // unit, fuzz and integration tests with that server's address in the environment; stops it afterwards.
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startEmbeddedPostgres } from '../src/dev/postgres.ts';
@@ -19,11 +19,28 @@ const pg = await startEmbeddedPostgres({
 });
 process.stdout.write(`# PostgreSQL for tests on 127.0.0.1:${pg.port}\n`);
 
-const patterns = process.argv.slice(2);
-const files = patterns.length ? patterns : ['src/**/*.test.ts', 'test/**/*.test.ts'];
+/** Every `*.test.ts` under src/ and test/ (Node 20's runner does not expand globs itself). */
+function testFiles(dir: string): string[] {
+  return readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
+    const path = join(dir, e.name);
+    if (e.isDirectory()) return e.name === 'node_modules' ? [] : testFiles(path);
+    return e.name.endsWith('.test.ts') && !e.name.startsWith('_') ? [path] : [];
+  });
+}
+
+const args = process.argv.slice(2);
+const files = args.length ? args : [...testFiles('src'), ...testFiles('test')].sort();
 const child = spawn(
   process.execPath,
-  ['--import', 'tsx', '--test', '--test-concurrency=2', '--test-timeout=120000', ...files],
+  [
+    '--import',
+    'tsx',
+    '--test',
+    '--test-concurrency=2',
+    '--test-timeout=120000',
+    ...(process.env.TEST_PATTERN ? [`--test-name-pattern=${process.env.TEST_PATTERN}`] : []),
+    ...files,
+  ],
   {
     stdio: 'inherit',
     env: {

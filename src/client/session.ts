@@ -256,8 +256,14 @@ export class ClientSession implements ClientIO, AuthChannel {
     this.transition('active');
     clearTimeout(this.loginTimer);
     this.txRelay = relay;
+    const pipelined = this.framer?.drain();
     this.framer = null;
     this.flush();
+    if (pipelined?.length) relay.fromClient(pipelined);
+    if (this.heldBack) {
+      this.heldBack = false;
+      this.socket.resume();
+    }
   }
 
   private poolFor(db: DatabaseConfig): Pool<ServerConnection> {
@@ -344,7 +350,10 @@ export class ClientSession implements ClientIO, AuthChannel {
   /** Cancellable: a CancelRequest for this session's key goes to the server it uses right now. */
   cancel(): void {
     const server = this.lease?.server ?? this.txRelay?.server;
-    if (!server || server.closed || this.state !== 'active') return;
+    if (!server || server.closed || this.state !== 'active') {
+      this.log.debug({ event: 'cancel_idle' }, 'cancel request while no query runs: nothing to do');
+      return;
+    }
     this.log.info({ event: 'cancel', server_pid: server.pid }, 'forwarding cancel request');
     this.ctx.cancelServer(server);
   }
@@ -481,6 +490,8 @@ export class ClientSession implements ClientIO, AuthChannel {
 
 /** What gprxy logs in to the server with for this user: configured password, auth file plaintext, or learned. */
 export function backendCredential(ctx: ProxyContext, user: string): BackendCredential | undefined {
+  const configured = ctx.config().users[user]?.password;
+  if (configured !== undefined) return { kind: 'password', password: configured };
   const s = ctx.secretFor(user);
   if (s?.kind === 'plain') return { kind: 'password', password: s.password };
   const learned = ctx.learned.get(user);

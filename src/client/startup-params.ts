@@ -90,13 +90,13 @@ export function startupSettings(
   return { sql: calls.length ? `SELECT ${calls.join(', ')}` : undefined };
 }
 
-/** Transaction mode: the client's startup settings as name -> SQL value text, replayed on every server it leases. */
+/** Transaction mode: the client's startup settings as name -> `text:<value>`, replayed on every server it leases. */
 export function startupSettingMap(params: ReadonlyMap<string, string>): Map<string, string> | PgError {
   const out = new Map<string, string>();
   for (const [k, v] of params) {
     if (NOT_SETTINGS.has(k) || k.startsWith('_pq_.')) continue;
     if (!GUC_NAME.test(k)) return unrecognized(k);
-    out.set(k.toLowerCase(), literal(v));
+    out.set(k.toLowerCase(), `text:${v}`);
   }
   const opts = params.get('options');
   if (opts) {
@@ -104,7 +104,7 @@ export function startupSettingMap(params: ReadonlyMap<string, string>): Map<stri
     if (parsed instanceof PgError) return parsed;
     for (const [k, v] of parsed) {
       if (!GUC_NAME.test(k)) return unrecognized(k);
-      out.set(k.toLowerCase(), literal(v));
+      out.set(k.toLowerCase(), `text:${v}`);
     }
   }
   return out;

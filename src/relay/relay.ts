@@ -101,6 +101,14 @@ export class SessionRelay implements ScanHandler, ServerSink {
   }
 
   // ServerSink (server -> client)
+  corkClient(): void {
+    this.client.cork();
+  }
+
+  uncorkClient(): void {
+    this.client.uncork();
+  }
+
   toClient(bytes: Buffer): void {
     if (!this.client.write(bytes)) this.server.pause();
   }

@@ -10,7 +10,7 @@ import { encodeQuery, F } from '../protocol/frontend.ts';
 import type { ServerConnection, ServerSink } from '../server/connection.ts';
 import { literal } from '../server/sql.ts';
 import type { ClientIO } from './relay.ts';
-import { type PinReason, scanSql } from './sql-scan.ts';
+import { firstWords, type PinReason, scanSql } from './sql-scan.ts';
 import {
   encodeBind,
   encodeParse,
@@ -47,10 +47,10 @@ export interface TransactionOptions {
 type Expectation =
   | { kind: 'query' } // Query/FunctionCall: forward everything through ReadyForQuery
   | { kind: 'sync' } // Sync: ReadyForQuery
-  | { kind: 'reply'; ends: number; ends2: number; parses?: string } // one extended message's reply
+  | { kind: 'reply'; ends: number; ends2: number; parses?: string; binds?: string } // one extended message's reply
   | { kind: 'swallowQuery' } // injected Query: drop everything through ReadyForQuery
   | { kind: 'swallowParse'; name: string } // injected Parse: drop its ParseComplete
-  | { kind: 'swallowClose'; name: string } // injected Close of an evicted statement: drop its CloseComplete
+  | { kind: 'swallowClose'; name: string; stale?: true } // injected Close (evicted or stale): drop CloseComplete
   | { kind: 'synth'; make: () => Buffer }; // answer the client ourselves at this point
 
 /** Client messages the relay reads; COPY data and the like stream through. */
@@ -80,6 +80,7 @@ export const TX_SERVER_POLICY = scanPolicy({
   C: Scan.INSPECT,
   s: Scan.INSPECT,
   I: Scan.INSPECT,
+  N: Scan.INSPECT,
   G: Scan.NOTE,
   H: Scan.NOTE,
   W: Scan.NOTE,
@@ -102,6 +103,16 @@ const NOT_SETTABLE = new Set([
 ]);
 
 const IDENT = /^[A-Za-z_][A-Za-z0-9_$.]*$/;
+const DO_TAG = '$gprxy_sync$';
+
+/** Setting values are kept as `sql:<value as written after SET ... TO>` or `text:<string for set_config>`. */
+export const SQL_VALUE = 'sql:';
+export const TEXT_VALUE = 'text:';
+
+/** "cached plan must not change result type" (0A000): the statement must be prepared again. */
+function isPlanInvalidated(errorBody: Buffer): boolean {
+  return errorBody.includes('C0A000\0') && errorBody.includes('cached plan must not change result type');
+}
 
 export class TransactionRelay implements ScanHandler, ServerSink {
   readonly policy = TX_SERVER_POLICY;
@@ -298,22 +309,32 @@ export class TransactionRelay implements ScanHandler, ServerSink {
     }
   }
 
-  /** SET/RESET for settings that differ between this client and the server, plus reported parameters. */
+  /**
+   * SET/RESET for settings that differ between this client and the server, plus reported parameters. Values from
+   * SET statements replay as written; text values (startup packet, ParameterStatus) go through set_config(), which
+   * parses them as PostgreSQL parses startup values (a list like search_path stays a list), inside a DO block so
+   * the injected query answers with nothing but CommandComplete (rows would stream past the swallowing).
+   */
   private syncSql(server: ServerConnection): string | undefined {
     const parts: string[] = [];
+    const calls: string[] = [];
+    const setText = (name: string, text: string) => {
+      if (!text.includes(DO_TAG))
+        calls.push(`PERFORM pg_catalog.set_config(${literal(name)}, ${literal(text)}, false);`);
+    };
     for (const [name, value] of this.settings) {
-      if (server.applied.get(name) !== value) parts.push(`SET "${name}" TO ${value}`);
+      if (server.applied.get(name) === value) continue;
+      if (value.startsWith(SQL_VALUE)) parts.push(`SET "${name}" TO ${value.slice(SQL_VALUE.length)}`);
+      else setText(name, value.slice(TEXT_VALUE.length));
     }
     for (const name of server.applied.keys()) {
       if (!this.settings.has(name)) parts.push(`RESET "${name}"`);
     }
-    const calls: string[] = [];
     for (const [name, value] of this.params) {
       if (NOT_SETTABLE.has(name) || this.settings.has(name.toLowerCase()) || !IDENT.test(name)) continue;
-      if (server.params.get(name) !== value)
-        calls.push(`pg_catalog.set_config(${literal(name)}, ${literal(value)}, false)`);
+      if (server.params.get(name) !== value) setText(name, value);
     }
-    if (calls.length) parts.push(`SELECT ${calls.join(', ')}`);
+    if (calls.length) parts.push(`DO ${DO_TAG}BEGIN ${calls.join(' ')} END${DO_TAG}`);
     if (parts.length === 0) return undefined;
     server.applied.clear();
     for (const [k, v] of this.settings) server.applied.set(k, v);
@@ -386,6 +407,17 @@ export class TransactionRelay implements ScanHandler, ServerSink {
       if (this.opts.pinPolicy === 'refuse') return this.refuse(fx.pin, true);
       this.setPin(fx.pin);
     }
+    if (this.opts.mode === 'statement' && this.clientStatus === 'I' && !this.pin) {
+      const w = firstWords(sql, 1)[0];
+      if (w === 'BEGIN' || w === 'START') {
+        return this.refuseWith(
+          new PgError('ERROR', '0A000', 'transaction blocks are not allowed in statement pooling mode', {
+            code: 'GPRXY_STATEMENT_MODE_TX',
+          }),
+          true,
+        );
+      }
+    }
     this.pendingSetting = fx.setting;
     if (fx.dropsStatements === 'all') {
       this.statements.clear();
@@ -435,6 +467,10 @@ export class TransactionRelay implements ScanHandler, ServerSink {
       server.statements.touch(st.server);
       return st.server;
     }
+    if (server.statements.stale.delete(st.server)) {
+      server.write(encodeTarget(F.Close, 0x53, st.server));
+      this.expect.push({ kind: 'swallowClose', name: st.server, stale: true });
+    }
     this.evictFor(server);
     server.statements.add(st.server);
     server.write(encodeParse(st.server, st.rest));
@@ -459,7 +495,7 @@ export class TransactionRelay implements ScanHandler, ServerSink {
     this.scanner.flushBefore();
     const name = this.ensurePrepared(server, b.statement)!;
     server.write(encodeBind(b.portal, name, body, b.restOffset));
-    this.expect.push({ kind: 'reply', ends: 0x32, ends2: NONE });
+    this.expect.push({ kind: 'reply', ends: 0x32, ends2: NONE, binds: name });
     return true;
   }
 
@@ -498,6 +534,11 @@ export class TransactionRelay implements ScanHandler, ServerSink {
       `${reason.replaceAll('_', ' ')} is not supported in ${this.opts.mode} pooling mode (pin policy: refuse)`,
       { code: 'GPRXY_PIN_REFUSED', hint: 'use a session-mode pool for this client, or pin_policy: pin' },
     );
+    return this.refuseWith(err, isQuery);
+  }
+
+  /** Answers a client message with an error instead of sending it (a Query also gets its ReadyForQuery). */
+  private refuseWith(err: PgError, isQuery: boolean): boolean {
     this.scanner.flushBefore();
     this.synth(() => encodeError(err));
     if (isQuery) this.synth(() => encodeReadyForQuery(this.lease?.server.txStatus ?? this.clientStatus));
@@ -524,6 +565,14 @@ export class TransactionRelay implements ScanHandler, ServerSink {
   }
 
   // ---- server -> client (ServerSink) ------------------------------------------------------------------------
+
+  corkClient(): void {
+    this.client.cork();
+  }
+
+  uncorkClient(): void {
+    this.client.uncork();
+  }
 
   toClient(bytes: Buffer): void {
     if (!this.client.write(bytes)) this.lease?.server.pause();
@@ -569,6 +618,11 @@ export class TransactionRelay implements ScanHandler, ServerSink {
         break;
       case 'reply':
         if (type === B.ErrorResponse) {
+          if (head.binds && isPlanInvalidated(body)) {
+            // PostgreSQL's error goes to the client; the statement is closed and prepared afresh on next use.
+            this.lease?.server.statements.delete(head.binds);
+            this.lease?.server.statements.stale.add(head.binds);
+          }
           this.skipToSync(1);
           return false;
         }
@@ -581,6 +635,7 @@ export class TransactionRelay implements ScanHandler, ServerSink {
           this.skipToSync(1);
           return false;
         }
+        if (type !== (head.kind === 'swallowParse' ? 0x31 : 0x33)) return false; // a notice on the way
         drop = true;
         done = true;
         break;
@@ -607,6 +662,7 @@ export class TransactionRelay implements ScanHandler, ServerSink {
       if (!server) break;
       if (e.kind === 'swallowParse') server.statements.delete(e.name);
       else if (e.kind === 'reply' && e.parses) server.statements.delete(e.parses);
+      else if (e.kind === 'swallowClose' && e.stale) server.statements.stale.add(e.name);
       else if (e.kind === 'swallowClose') server.statements.add(e.name);
     }
   }
@@ -620,8 +676,8 @@ export class TransactionRelay implements ScanHandler, ServerSink {
     if (set && status === 'I') {
       const server = this.lease?.server;
       if ('name' in set) {
-        this.settings.set(set.name, set.value);
-        server?.applied.set(set.name, set.value);
+        this.settings.set(set.name, SQL_VALUE + set.value);
+        server?.applied.set(set.name, SQL_VALUE + set.value);
       } else if ('reset' in set) {
         this.settings.delete(set.reset);
         server?.applied.delete(set.reset);

@@ -53,6 +53,9 @@ export interface ServerSink {
   /** An inspected message, after the connection updated its own state; true drops it. */
   onServerMessage?(type: number, body: Buffer, scanner: StreamScanner): boolean;
   toClient(bytes: Buffer): void;
+  /** Bracket one server read, so everything it forwards leaves in one client write. */
+  corkClient?(): void;
+  uncorkClient?(): void;
   /** The server closed or failed while attached; `error` is the server's own FATAL when it sent one. */
   serverClosed(error: PgError | undefined): void;
 }
@@ -280,11 +283,16 @@ export class ServerConnection implements ScanHandler {
   private onData(chunk: Buffer): void {
     this.lastUsedAt = Date.now();
     if (this.state === 'attached') {
+      // One client write per server read: the rows and their ReadyForQuery leave together.
+      const sink = this.sink;
+      sink?.corkClient?.();
       try {
         this.scanner.push(chunk);
       } catch (e) {
         this.fatal = e instanceof PgError ? e : undefined;
         this.close('protocol error from server');
+      } finally {
+        sink?.uncorkClient?.();
       }
       return;
     }

@@ -3,6 +3,8 @@
 /** What one server has prepared, least recently used first. */
 export class StatementCache {
   private readonly names = new Map<string, true>();
+  /** Statements whose plan PostgreSQL refused after DDL: still on the server, to be closed before re-preparing. */
+  readonly stale = new Set<string>();
 
   constructor(public max: number) {}
 
@@ -26,6 +28,7 @@ export class StatementCache {
 
   clear(): void {
     this.names.clear();
+    this.stale.clear();
   }
 
   /** Names to Close so one more fits, oldest first; they are removed from the cache. */

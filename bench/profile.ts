@@ -1,0 +1,113 @@
+// CPU profile of gprxy under pgbench -S at 64 clients (session pooling): runs gprxy with
+// `node --cpu-prof --cpu-prof-dir <dir>`, stops it with SIGINT so V8 writes the profile, and prints self time by
+// function and by file (bench/cpuprofile.ts).
+//
+// Environment: BENCH_SECONDS (default 15), BENCH_SCALE (default 10), BENCH_PROFILE_DIR (where the .cpuprofile is
+// kept; default a temp dir that is removed unless BENCH_KEEP=1), BENCH_PROFILE_TOP (default 30), BENCH_PERF=1
+// (`perf record` gprxy with --perf-basic-prof instead of --cpu-prof: true CPU samples, kernel included).
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { type CpuProfile, formatSummary, summarize } from './cpuprofile.ts';
+import {
+  cleanup,
+  fmt,
+  installSignalHandlers,
+  makeRoot,
+  onCleanup,
+  processCpuSplitUs,
+  REPO,
+  runPgbench,
+  startDatabase,
+  startGprxy,
+} from './harness.ts';
+
+async function main(): Promise<number> {
+  installSignalHandlers();
+  const seconds = Number(process.env.BENCH_SECONDS || 15);
+  const scale = Number(process.env.BENCH_SCALE || 10);
+  const clients = 64;
+  const root = makeRoot('gprxy-profile-');
+  const profDir = resolve(process.env.BENCH_PROFILE_DIR ?? join(root, 'prof'));
+  mkdirSync(profDir, { recursive: true });
+  const env = await startDatabase(root, scale);
+  const usePerf = Boolean(process.env.BENCH_PERF);
+  const gprxy = await startGprxy(env, {
+    poolSize: clients,
+    // perf alone: V8's sampler would otherwise show up in perf's samples.
+    nodeFlags: usePerf ? ['--perf-basic-prof'] : ['--cpu-prof', '--cpu-prof-dir', profDir],
+  });
+  if (usePerf) onCleanup(() => rmSync(`/tmp/perf-${gprxy.pid}.map`, { force: true }));
+  const warm = await runPgbench(gprxy, env.password, { clients, seconds: 5 });
+  process.stdout.write(`# warm-up: ${warm.ok ? `${fmt(warm.tps)} tps` : 'FAILED'}\n`);
+  const perfData = join(profDir, 'perf.data');
+  // BENCH_PERF=1: also `perf record` the gprxy process over the measured run (CPU samples, kernel included).
+  const perf = usePerf
+    ? spawn('perf', ['record', '-F', '999', '-g', '-o', perfData, '-p', String(gprxy.pid)], {
+        stdio: 'ignore',
+      })
+    : undefined;
+  const before = processCpuSplitUs(gprxy.pid!);
+  const r = await runPgbench(gprxy, env.password, { clients, seconds });
+  const after = processCpuSplitUs(gprxy.pid!);
+  if (perf) {
+    const done = new Promise((res) => perf.once('close', res));
+    perf.kill('SIGINT');
+    await done;
+  }
+  process.stdout.write(
+    `# ${r.command}: ${r.ok ? `${fmt(r.tps)} tps, ${r.latencyMs.toFixed(3)} ms` : `FAILED\n${r.output}`}\n`,
+  );
+  if (before && after && r.transactions > 0) {
+    const per = (x: number) => (x / r.transactions).toFixed(1);
+    process.stdout.write(
+      `# gprxy CPU per transaction: user ${per(after.user - before.user)} µs, system ${per(after.sys - before.sys)} µs\n`,
+    );
+  }
+  await gprxy.stop();
+  if (!usePerf) {
+    // One profile per thread (the main thread and tsx's module-loader worker): report the busiest.
+    const files = readdirSync(profDir).filter((f) => f.endsWith('.cpuprofile'));
+    if (files.length === 0) throw new Error(`no .cpuprofile written in ${profDir}`);
+    const summaries = files.map((f) => {
+      const profile = JSON.parse(readFileSync(join(profDir, f), 'utf8')) as CpuProfile;
+      return { file: join(profDir, f), s: summarize(profile, REPO) };
+    });
+    summaries.sort((a, b) => b.s.totalMs - b.s.idleMs - (a.s.totalMs - a.s.idleMs));
+    const main = summaries[0]!;
+    process.stdout.write(
+      `# ${main.file} (main thread; includes start-up, the 5s warm-up and the measured run)\n` +
+        `# note: V8 samples wall-clock time; on an oversubscribed machine time spent runnable-but-preempted is\n` +
+        `# charged to whatever was on the stack (often the socket write that woke the peer)\n` +
+        `${formatSummary(main.s, Number(process.env.BENCH_PROFILE_TOP || 30))}\n`,
+    );
+  }
+  if (perf) {
+    const report = (sort: string) =>
+      execFileSync(
+        'perf',
+        ['report', '-i', perfData, '--no-children', '--sort', sort, '--stdio', '-g', 'none'],
+        {
+          encoding: 'utf8',
+          stdio: ['ignore', 'pipe', 'ignore'],
+        },
+      )
+        .split('\n')
+        .filter((l) => l.trim() && !l.startsWith('#'));
+    process.stdout.write(
+      `\n# perf: CPU samples of the gprxy process during the measured run, by object\n${report('dso').slice(0, 8).join('\n')}\n` +
+        `\n# perf: top symbols (JS: = JIT-compiled JavaScript)\n${report('sym').slice(0, 40).join('\n')}\n`,
+    );
+  }
+  await cleanup();
+  return r.ok ? 0 : 1;
+}
+
+main().then(
+  (code) => process.exit(code),
+  async (e: Error) => {
+    process.stderr.write(`profile failed: ${e.stack ?? e.message}\n`);
+    await cleanup();
+    process.exit(1);
+  },
+);
