@@ -139,8 +139,12 @@ export function tail(file: string, lines = 40): string {
 
 // ---- environment ----------------------------------------------------------------------------------------------
 
+export type PoolMode = 'session' | 'transaction';
+
 export interface Target {
   name: 'direct' | 'gprxy' | 'pgbouncer';
+  /** The proxy's pool_mode (undefined for direct). */
+  poolMode?: PoolMode;
   port: number;
   logFile?: string;
   /** The proxy's process id: its CPU time is read from /proc around each run. */
@@ -295,6 +299,10 @@ export function pgEnv(password: string): NodeJS.ProcessEnv {
 
 export interface ProxyOptions {
   poolSize: number;
+  /** pool_mode (default session). */
+  poolMode?: PoolMode;
+  /** max_client_conn (default 1000). */
+  maxClientConn?: number;
   logLevel?: string;
   /** Extra node flags (e.g. --cpu-prof). */
   nodeFlags?: string[];
@@ -322,8 +330,8 @@ export async function startGprxy(
     [
       `listen: { host: 127.0.0.1, port: ${port} }`,
       `log_level: ${logLevel}`,
-      'max_client_conn: 1000',
-      `pool_mode: session`,
+      `max_client_conn: ${opts.maxClientConn ?? 1000}`,
+      `pool_mode: ${opts.poolMode ?? 'session'}`,
       `default_pool_size: ${opts.poolSize}`,
       'auth:',
       '  type: scram-sha-256',
@@ -356,7 +364,14 @@ export async function startGprxy(
   const stop = () => stopProcessGroup(child, 'SIGINT');
   onCleanup(stop);
   await waitForPort(port, child, 'gprxy', logFile);
-  return { name: 'gprxy', port, logFile, stop, ...(child.pid === undefined ? {} : { pid: child.pid }) };
+  return {
+    name: 'gprxy',
+    poolMode: opts.poolMode ?? 'session',
+    port,
+    logFile,
+    stop,
+    ...(child.pid === undefined ? {} : { pid: child.pid }),
+  };
 }
 
 export function pgbouncerVersion(): string | undefined {
@@ -379,7 +394,7 @@ export async function startPgbouncer(
     );
     return undefined;
   }
-  const dir = join(env.root, 'pgbouncer');
+  const dir = join(env.root, opts.name ?? 'pgbouncer');
   mkdirSync(dir, { recursive: true });
   const port = await freePort();
   const userlist = join(dir, 'userlist.txt');
@@ -405,9 +420,9 @@ export async function startPgbouncer(
       'unix_socket_dir =',
       'auth_type = scram-sha-256',
       `auth_file = ${userlist}`,
-      'pool_mode = session',
+      `pool_mode = ${opts.poolMode ?? 'session'}`,
       `default_pool_size = ${opts.poolSize}`,
-      'max_client_conn = 1000',
+      `max_client_conn = ${opts.maxClientConn ?? 1000}`,
       `logfile = ${logFile}`,
       `log_connections = ${verbose}`,
       `log_disconnections = ${verbose}`,
@@ -440,13 +455,22 @@ export async function startPgbouncer(
     throw new Error(`${(e as Error).message}\n${stderr}`);
   }
   // setpriv execs pgbouncer: the child's pid is pgbouncer's.
-  return { name: 'pgbouncer', port, logFile, stop, ...(child.pid === undefined ? {} : { pid: child.pid }) };
+  return {
+    name: 'pgbouncer',
+    poolMode: opts.poolMode ?? 'session',
+    port,
+    logFile,
+    stop,
+    ...(child.pid === undefined ? {} : { pid: child.pid }),
+  };
 }
 
 // ---- pgbench ------------------------------------------------------------------------------------------------
 
 export interface PgbenchResult {
   target: string;
+  /** The proxy's pool_mode (undefined for direct). */
+  poolMode?: PoolMode;
   user: string;
   clients: number;
   mode: string;
@@ -518,7 +542,13 @@ onCleanup(() => {
 export async function runPgbench(
   target: Target,
   password: string,
-  opts: { clients: number; seconds: number; mode?: 'simple' | 'extended'; connect?: boolean; user?: string },
+  opts: {
+    clients: number;
+    seconds: number;
+    mode?: 'simple' | 'extended' | 'prepared';
+    connect?: boolean;
+    user?: string;
+  },
 ): Promise<PgbenchResult> {
   const args = pgbenchArgs({ port: target.port, ...opts });
   const cpuBefore = target.pid === undefined ? undefined : processCpuUs(target.pid);
@@ -547,6 +577,7 @@ export async function runPgbench(
   const ok = code === 0 && parsed.failed === 0 && Number.isFinite(parsed.tps);
   return {
     target: target.name,
+    ...(target.poolMode === undefined ? {} : { poolMode: target.poolMode }),
     user: opts.user ?? BENCH_USER,
     clients: opts.clients,
     mode: opts.mode ?? 'simple',

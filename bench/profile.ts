@@ -1,10 +1,12 @@
-// CPU profile of gprxy under pgbench -S at 64 clients (session pooling): runs gprxy with
+// CPU profile of gprxy under pgbench -S at 64 clients (session pooling by default): runs gprxy with
 // `node --cpu-prof --cpu-prof-dir <dir>`, stops it with SIGINT so V8 writes the profile, and prints self time by
 // function and by file (bench/cpuprofile.ts).
 //
 // Environment: BENCH_SECONDS (default 15), BENCH_SCALE (default 10), BENCH_PROFILE_DIR (where the .cpuprofile is
 // kept; default a temp dir that is removed unless BENCH_KEEP=1), BENCH_PROFILE_TOP (default 30), BENCH_PERF=1
-// (`perf record` gprxy with --perf-basic-prof instead of --cpu-prof: true CPU samples, kernel included).
+// (`perf record` gprxy with --perf-basic-prof instead of --cpu-prof: true CPU samples, kernel included),
+// BENCH_POOL_MODE (session or transaction; default session), BENCH_TX_POOL_SIZE (transaction mode pool size,
+// default 10), BENCH_PROTOCOL (simple, extended or prepared; default simple), BENCH_CLIENTS (default 64).
 import { execFileSync, spawn } from 'node:child_process';
 import { mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
@@ -26,19 +28,25 @@ async function main(): Promise<number> {
   installSignalHandlers();
   const seconds = Number(process.env.BENCH_SECONDS || 15);
   const scale = Number(process.env.BENCH_SCALE || 10);
-  const clients = 64;
+  const clients = Number(process.env.BENCH_CLIENTS || 64);
+  const poolMode = process.env.BENCH_POOL_MODE === 'transaction' ? 'transaction' : 'session';
+  const poolSize = poolMode === 'transaction' ? Number(process.env.BENCH_TX_POOL_SIZE || 10) : clients;
+  const protocol = (process.env.BENCH_PROTOCOL || 'simple') as 'simple' | 'extended' | 'prepared';
+  if (!['simple', 'extended', 'prepared'].includes(protocol))
+    throw new Error('BENCH_PROTOCOL must be simple, extended or prepared');
   const root = makeRoot('gprxy-profile-');
   const profDir = resolve(process.env.BENCH_PROFILE_DIR ?? join(root, 'prof'));
   mkdirSync(profDir, { recursive: true });
   const env = await startDatabase(root, scale);
   const usePerf = Boolean(process.env.BENCH_PERF);
   const gprxy = await startGprxy(env, {
-    poolSize: clients,
+    poolSize,
+    poolMode,
     // perf alone: V8's sampler would otherwise show up in perf's samples.
     nodeFlags: usePerf ? ['--perf-basic-prof'] : ['--cpu-prof', '--cpu-prof-dir', profDir],
   });
   if (usePerf) onCleanup(() => rmSync(`/tmp/perf-${gprxy.pid}.map`, { force: true }));
-  const warm = await runPgbench(gprxy, env.password, { clients, seconds: 5 });
+  const warm = await runPgbench(gprxy, env.password, { clients, seconds: 5, mode: protocol });
   process.stdout.write(`# warm-up: ${warm.ok ? `${fmt(warm.tps)} tps` : 'FAILED'}\n`);
   const perfData = join(profDir, 'perf.data');
   // BENCH_PERF=1: also `perf record` the gprxy process over the measured run (CPU samples, kernel included).
@@ -48,7 +56,7 @@ async function main(): Promise<number> {
       })
     : undefined;
   const before = processCpuSplitUs(gprxy.pid!);
-  const r = await runPgbench(gprxy, env.password, { clients, seconds });
+  const r = await runPgbench(gprxy, env.password, { clients, seconds, mode: protocol });
   const after = processCpuSplitUs(gprxy.pid!);
   if (perf) {
     const done = new Promise((res) => perf.once('close', res));
@@ -56,7 +64,7 @@ async function main(): Promise<number> {
     await done;
   }
   process.stdout.write(
-    `# ${r.command}: ${r.ok ? `${fmt(r.tps)} tps, ${r.latencyMs.toFixed(3)} ms` : `FAILED\n${r.output}`}\n`,
+    `# pool_mode ${poolMode}, pool size ${poolSize}; ${r.command}: ${r.ok ? `${fmt(r.tps)} tps, ${r.latencyMs.toFixed(3)} ms` : `FAILED\n${r.output}`}\n`,
   );
   if (before && after && r.transactions > 0) {
     const per = (x: number) => (x / r.transactions).toFixed(1);

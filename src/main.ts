@@ -1,16 +1,22 @@
 // Composition root: builds the proxy from a Config (listener, sessions, pools, cancel routing, secrets) and
 // offers reload and shutdown. The only place that wires modules together.
 import { readFileSync } from 'node:fs';
+import { type HbaRule, parseHba } from './auth/hba.ts';
+import { LoginLimiter, StartupRate } from './auth/limits.ts';
 import { parseUserlist, type Secret } from './auth/verifiers.ts';
 import { CancelRegistry } from './cancel/registry.ts';
+import { AuthQuery } from './client/auth-query.ts';
 import type { ProxyContext } from './client/context.ts';
-import { ClientSession, newMockKey } from './client/session.ts';
-import type { Config } from './config/load.ts';
+import { backendCredential, ClientSession, newMockKey } from './client/session.ts';
+import { type Config, findDatabase, loadConfigFile, poolSettings } from './config/load.ts';
+import { createEvents } from './events.ts';
 import type { Logger } from './log/logger.ts';
 import { dialServer, sendCancelRequest } from './net/dial.ts';
 import { type Listener, listen } from './net/listener.ts';
 import { type ListenTls, loadListenContext } from './net/tls.ts';
+import { createOperations } from './operations.ts';
 import { PoolRegistry } from './pool/pool.ts';
+import { encodeError } from './protocol/backend.ts';
 import { PgError } from './protocol/errors.ts';
 import { cancelTarget, ServerConnection } from './server/connection.ts';
 
@@ -23,6 +29,15 @@ export interface ProxyHandle {
   /** Stops accepting, waits for clients up to shutdown_timeout, then closes everything. */
   shutdown(opts?: { graceful?: boolean }): Promise<void>;
   clientCount(): number;
+  /** The admin HTTP port when admin.http is set. */
+  readonly httpPort: number | undefined;
+  /** Settles once shutdown has finished (SHUTDOWN from the admin console, a signal, or shutdown()). */
+  readonly stopped: Promise<void>;
+}
+
+export interface ProxyOptions {
+  /** What the admin console's RELOAD applies; defaults to re-reading the config file the proxy started from. */
+  loadConfig?: () => Config;
 }
 
 function loadSecrets(cfg: Config): Map<string, Secret> {
@@ -41,27 +56,82 @@ function loadSecrets(cfg: Config): Map<string, Secret> {
   return secrets;
 }
 
-export async function startProxy(initial: Config, log: Logger): Promise<ProxyHandle> {
+function loadHba(cfg: Config): HbaRule[] | undefined {
+  if (!cfg.auth.hba) return undefined;
+  let text: string;
+  try {
+    text = readFileSync(cfg.auth.hba, 'utf8');
+  } catch (e) {
+    throw new Error(`cannot read auth.hba ${cfg.auth.hba}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
+  }
+  return parseHba(text);
+}
+
+function makeLimiter(cfg: Config): LoginLimiter {
+  const l = cfg.auth.limits;
+  return new LoginLimiter({
+    perAddress: { burst: l.failures_per_address, refillPerSecond: l.refill_per_second },
+    perUser: { burst: l.failures_per_user, refillPerSecond: l.refill_per_second },
+    baseDelayMs: l.base_delay,
+    maxDelayMs: l.max_delay,
+  });
+}
+
+export async function startProxy(
+  initial: Config,
+  log: Logger,
+  opts: ProxyOptions = {},
+): Promise<ProxyHandle> {
   let config = initial;
   let secrets = loadSecrets(config);
+  let hba = loadHba(config);
+  let limiter = makeLimiter(config);
+  let startups = new StartupRate(config.auth.limits.startups_per_second);
+  /** auth_query per database entry, made on first use; dropped on reload. */
+  let authQueries = new Map<string, AuthQuery>();
   let tlsContext: ListenTls | undefined = config.listen.tls
     ? loadListenContext(config.listen.tls)
     : undefined;
   const sessions = new Set<ClientSession>();
   const cancels = new CancelRegistry();
-  const pools = new PoolRegistry<ServerConnection>(Date.now, (key, err) =>
-    log.warn(
-      {
-        event: 'server_login_failed',
-        db: key.database,
-        user: key.user,
-        sqlstate: err.sqlState,
-        reason: err.message,
-      },
-      'server login failed',
-    ),
+  const events = createEvents();
+  const pools = new PoolRegistry<ServerConnection>(
+    Date.now,
+    (key, err) =>
+      log.warn(
+        {
+          event: 'server_login_failed',
+          db: key.database,
+          user: key.user,
+          sqlstate: err.sqlState,
+          reason: err.message,
+        },
+        'server login failed',
+      ),
+    events,
   );
   let draining = false;
+  let listening = false;
+  // ---- operations: admin console, admin HTTP, metrics (src/operations.ts) ----
+  let handle: ProxyHandle | undefined;
+  const pins = new Map<string, number>();
+  const ops = createOperations({
+    config: () => config,
+    log,
+    sessions,
+    pools,
+    events,
+    pins,
+    listening: () => listening,
+    reload() {
+      if (opts.loadConfig) return handle?.reload(opts.loadConfig());
+      if (config.source === '(inline)')
+        throw new Error('RELOAD needs a config file (this proxy was started inline)');
+      handle?.reload(loadConfigFile(config.source, process.env));
+    },
+    shutdown: () => void handle?.shutdown({ graceful: false }),
+  });
+  // ----
 
   const ctx: ProxyContext = {
     config: () => config,
@@ -72,6 +142,41 @@ export async function startProxy(initial: Config, log: Logger): Promise<ProxyHan
       const pw = config.users[user]?.password;
       return pw === undefined ? undefined : { kind: 'plain', password: pw };
     },
+    async lookupSecret(user, database) {
+      const known = ctx.secretFor(user);
+      if (known || !config.auth.query || !config.auth.user) return known;
+      const dbName = config.auth.database ?? database;
+      let q = authQueries.get(dbName);
+      if (!q) {
+        const db = findDatabase(config, dbName);
+        if (!db) return undefined;
+        const authUser = config.auth.user;
+        const cfgAtStart = config;
+        q = new AuthQuery(
+          () =>
+            ctx.connectServer({
+              host: db.host,
+              port: db.port,
+              tls: db.server_tls ?? cfgAtStart.server_tls,
+              connectTimeoutMs: poolSettings(cfgAtStart, dbName, authUser).server_connect_timeout,
+              database: db.dbname ?? (dbName === '*' ? database : dbName),
+              user: authUser,
+              credential: backendCredential(ctx, authUser),
+            }),
+          {
+            sql: config.auth.query,
+            ttlMs: config.auth.cache_ttl,
+            negativeTtlMs: config.auth.negative_cache_ttl,
+            onFailure: (reason) =>
+              log.warn({ event: 'auth_query_failed', db: dbName, reason }, 'auth_query failed'),
+          },
+        );
+        authQueries.set(dbName, q);
+      }
+      return q.lookup(user);
+    },
+    hba: () => hba,
+    limiter: () => limiter,
     pools,
     cancels,
     async connectServer(target) {
@@ -108,10 +213,12 @@ export async function startProxy(initial: Config, log: Logger): Promise<ProxyHan
       );
     },
     learned: new Map(),
-    pins: new Map(),
+    pins,
     mockKey: newMockKey(),
     clientCount: () => sessions.size,
     draining: () => draining,
+    events,
+    admin: ops.console,
   };
 
   pools.startMaintenance(1000, (key) => {
@@ -124,6 +231,18 @@ export async function startProxy(initial: Config, log: Logger): Promise<ProxyHan
     keepalive: config.tcp_keepalive,
     loginTimeoutMs: () => config.client_login_timeout,
     onStartup(client) {
+      if (!startups.allow()) {
+        log.warn(
+          { event: 'startup_throttled', client: client.remoteAddress },
+          'startups_per_second exceeded',
+        );
+        client.socket.end(
+          encodeError(
+            PgError.tooManyConnections('too many connection attempts, try again later', 'GPRXY_STARTUP_RATE'),
+          ),
+        );
+        return;
+      }
       const s = new ClientSession(ctx, client, (done) => sessions.delete(done));
       sessions.add(s);
       log.debug(
@@ -133,8 +252,9 @@ export async function startProxy(initial: Config, log: Logger): Promise<ProxyHan
       void s.start();
     },
     onCancel(pid, secret) {
-      if (!cancels.cancel(pid, secret))
-        log.debug({ event: 'cancel_unknown' }, 'cancel request for an unknown key ignored');
+      const matched = cancels.cancel(pid, secret);
+      if (events.cancel.hasSubscribers) events.cancel.publish({ matched });
+      if (!matched) log.debug({ event: 'cancel_unknown' }, 'cancel request for an unknown key ignored');
     },
     onRejected(info) {
       log.info(
@@ -147,31 +267,58 @@ export async function startProxy(initial: Config, log: Logger): Promise<ProxyHan
     { event: 'listening', host: listener.host, port: listener.port, tls: Boolean(tlsContext) },
     'gprxy listening',
   );
+  listening = true;
+  const http = await ops.startHttp().catch(async (e: Error) => {
+    await listener.close();
+    throw e;
+  });
+  let stopping: Promise<void> | undefined;
+  let markStopped: () => void = () => undefined;
+  const stopped = new Promise<void>((r) => {
+    markStopped = r;
+  });
 
-  return {
+  handle = {
     host: listener.host,
     port: listener.port,
     pools,
     clientCount: () => sessions.size,
+    httpPort: http?.port,
+    stopped,
     reload(next) {
       const nextSecrets = loadSecrets(next);
       const nextTls = next.listen.tls ? loadListenContext(next.listen.tls) : undefined;
+      const nextHba = loadHba(next);
       config = next;
       secrets = nextSecrets;
       tlsContext = nextTls;
+      hba = nextHba;
+      limiter = makeLimiter(next);
+      startups = new StartupRate(next.auth.limits.startups_per_second);
+      for (const q of authQueries.values()) q.close();
+      authQueries = new Map();
       log.info({ event: 'reload', source: next.source }, 'configuration reloaded');
     },
-    async shutdown(opts = {}) {
-      draining = true;
-      await listener.close().catch(() => undefined);
-      if (opts.graceful !== false) {
-        const deadline = Date.now() + config.shutdown_timeout;
-        while (sessions.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-      }
-      for (const s of [...sessions]) s.fail(PgError.shuttingDown());
-      pools.shutdown();
-      for (const p of pools.all()) p.closeIdle('shutdown');
-      log.info({ event: 'stopped' }, 'gprxy stopped');
+    shutdown(opts = {}) {
+      stopping ??= stop(opts.graceful !== false).then(markStopped);
+      return stopping;
     },
   };
+  return handle;
+
+  async function stop(graceful: boolean): Promise<void> {
+    draining = true;
+    listening = false;
+    await listener.close().catch(() => undefined);
+    if (graceful) {
+      const deadline = Date.now() + config.shutdown_timeout;
+      while (sessions.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    }
+    for (const s of [...sessions]) s.fail(PgError.shuttingDown());
+    for (const q of authQueries.values()) q.close();
+    pools.shutdown();
+    for (const p of pools.all()) p.closeIdle('shutdown');
+    await ops.close();
+    log.info({ event: 'stopped' }, 'gprxy stopped');
+  }
 }

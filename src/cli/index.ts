@@ -19,6 +19,11 @@ const commands: Record<string, Command> = {
     run: passwdCommand,
   },
   config: { summary: 'gprxy config check --config gprxy.yaml: validate a config file', run: configCommand },
+  secret: {
+    summary:
+      'gprxy secret keygen | encrypt: make a master key, or an enc: value from stdin (GPRXY_MASTER_KEY)',
+    run: async (args) => (await import('./secret.ts')).secretCommand(args),
+  },
 };
 
 function usage(): string {

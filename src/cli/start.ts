@@ -10,6 +10,8 @@ export async function runUntilSignal(
   configPath: string | undefined,
 ): Promise<ProxyHandle> {
   const proxy = await startProxy(config, log);
+  // SHUTDOWN from the admin console ends the process too.
+  void proxy.stopped.then(() => process.exit(0));
   let stopping = false;
   const stop = async (graceful: boolean) => {
     if (stopping) {

@@ -1,18 +1,27 @@
 // ProxyContext: what a client session needs from the running proxy (config, credentials, pools, cancel keys),
 // built by main.ts; sessions never reach for globals.
+import type { HbaRule } from '../auth/hba.ts';
+import type { LoginLimiter } from '../auth/limits.ts';
 import type { Secret } from '../auth/verifiers.ts';
 import type { CancelRegistry } from '../cancel/registry.ts';
 import type { Config } from '../config/load.ts';
+import type { ProxyEvents } from '../events.ts';
 import type { Logger } from '../log/logger.ts';
 import type { PoolRegistry } from '../pool/pool.ts';
+import type { Frame } from '../protocol/framer.ts';
 import type { BackendCredential, ServerConnection, ServerTarget } from '../server/connection.ts';
 
 export interface ProxyContext {
   /** The current config (replaced on reload; a session reads it once at startup). */
   config(): Config;
   log: Logger;
-  /** Client-facing secrets: the auth file, then users.<name>.password. */
+  /** Client-facing secrets known without I/O: the auth file, then users.<name>.password. */
   secretFor(user: string): Secret | undefined;
+  /** secretFor, then auth_query (cached) for the client's database when configured. */
+  lookupSecret(user: string, database: string): Promise<Secret | undefined>;
+  /** HBA rules when auth.hba is set. */
+  hba(): readonly HbaRule[] | undefined;
+  limiter(): LoginLimiter;
   pools: PoolRegistry<ServerConnection>;
   cancels: CancelRegistry;
   connectServer(target: ServerTarget): Promise<ServerConnection>;
@@ -28,4 +37,22 @@ export interface ProxyContext {
   pins: Map<string, number>;
   /** True while draining for shutdown: new logins are refused. */
   draining(): boolean;
+  /** Channels the session publishes to (only when subscribed). */
+  events: ProxyEvents;
+  /** The admin console (src/admin/), serving the virtual database gprxy/pgbouncer. */
+  admin: AdminConsoleHook;
+}
+
+/** What the session needs from the admin console (implemented by admin/console.ts, wired in main.ts). */
+export interface AdminConsoleHook {
+  isConsole(database: string): boolean;
+  /** Throws 28000 unless the user may use the console. */
+  authorize(user: string): void;
+  serve(client: {
+    readonly id: number;
+    readonly user: string;
+    send(bytes: Buffer): void;
+    next(): Promise<Frame>;
+    end(reason: string): void;
+  }): Promise<void>;
 }

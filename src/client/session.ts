@@ -1,6 +1,7 @@
 // ClientSession: owns one client socket. Startup -> Auth -> Attaching -> Active -> Closing -> Closed; routes the
 // client to its pool, applies its startup parameters, relays, and returns the server clean (or closes it).
 import { randomBytes } from 'node:crypto';
+import { type HbaRule, matchHba } from '../auth/hba.ts';
 import type { IssuedKey } from '../cancel/registry.ts';
 import { findDatabase, poolSettings } from '../config/load.ts';
 import type { DatabaseConfig } from '../config/schema.ts';
@@ -20,7 +21,7 @@ import { type Frame, MAX_AUTH_MESSAGE, MessageFramer } from '../protocol/framer.
 import { type ClientIO, SessionRelay } from '../relay/relay.ts';
 import { TransactionRelay } from '../relay/transaction.ts';
 import type { BackendCredential, ServerConnection } from '../server/connection.ts';
-import { type AuthChannel, authenticateClient } from './auth.ts';
+import { type AuthChannel, type AuthOutcome, type AuthType, authenticateClient } from './auth.ts';
 import type { ProxyContext } from './context.ts';
 import { startupSettingMap, startupSettings } from './startup-params.ts';
 
@@ -114,6 +115,17 @@ export class ClientSession implements ClientIO, AuthChannel {
           { event: 'login_failed', reason: err.code ?? err.sqlState, sqlstate: err.sqlState },
           'login failed',
         );
+        const ev = this.ctx.events.clientLoginFailed;
+        if (ev.hasSubscribers) {
+          const reason = err.code ?? err.sqlState;
+          ev.publish({
+            session: this.id,
+            database: this.database,
+            user: this.user,
+            sqlstate: err.sqlState,
+            reason,
+          });
+        }
       }
       if (!(err.sqlState === 'XX000')) this.fail(err);
       else {
@@ -149,26 +161,46 @@ export class ClientSession implements ClientIO, AuthChannel {
     if (cfg.listen.require_tls && !a.tls && !(a.loopback && cfg.listen.allow_plain_loopback)) {
       throw PgError.notAllowed('gprxy requires TLS (connect with sslmode=require)', 'GPRXY_TLS_REQUIRED');
     }
-    const db = findDatabase(cfg, this.database);
-    if (!db) throw PgError.unknownDatabase(this.database);
+    // The admin console's virtual database (gprxy/pgbouncer) has no pool: db is null for it.
+    const db = this.ctx.admin.isConsole(this.database) ? null : findDatabase(cfg, this.database);
+    if (db === undefined) throw PgError.unknownDatabase(this.database);
 
     // Protocol 3.0 only; _pq_ options are never applied as settings.
     const unknownOpts = [...startup.params.keys()].filter((k) => k.startsWith('_pq_.'));
     if (startup.minor > 0 || unknownOpts.length) this.send(encodeNegotiateProtocolVersion(0, unknownOpts));
 
     this.transition('auth');
-    const outcome = await authenticateClient(this, {
-      type: cfg.auth.type,
-      user: this.user,
-      secret: this.ctx.secretFor(this.user),
-      cleartextAllowed: a.tls || (a.loopback && cfg.auth.allow_cleartext_loopback),
-      mockKey: this.ctx.mockKey,
-    });
+    const method = this.hbaMethod();
+    await this.throttle();
+    let outcome: AuthOutcome;
+    try {
+      outcome =
+        method === 'cert'
+          ? this.certLogin()
+          : await authenticateClient(this, {
+              type: method,
+              user: this.user,
+              secret: await this.ctx.lookupSecret(this.user, this.database),
+              cleartextAllowed: a.tls || (a.loopback && cfg.auth.allow_cleartext_loopback),
+              mockKey: this.ctx.mockKey,
+            });
+    } catch (e) {
+      if (e instanceof PgError && (e.sqlState === '28P01' || e.sqlState === '28000')) {
+        this.ctx.limiter().failed(a.remoteAddress, this.user);
+      }
+      throw e;
+    }
+    this.ctx.limiter().succeeded(a.remoteAddress);
     if (outcome.learned) this.ctx.learned.set(this.user, outcome.learned);
     this.send(encodeAuthOk());
     this.log.info({ event: 'login', method: outcome.method, tls: a.tls }, 'client authenticated');
+    const loginEv = this.ctx.events.clientLogin;
+    if (loginEv.hasSubscribers) {
+      loginEv.publish({ session: this.id, database: this.database, user: this.user, method: outcome.method });
+    }
 
     this.transition('attaching');
+    if (db === null) return this.serveAdmin();
     const pool = this.poolFor(db);
     if (pool.settings.pool_mode !== 'session') return this.startTransactionMode(pool);
     const lease = await pool.acquire();
@@ -265,6 +297,100 @@ export class ClientSession implements ClientIO, AuthChannel {
       this.socket.resume();
     }
   }
+
+  /** The exchange to run: the first matching HBA rule's method, or auth.type without HBA rules. */
+  private hbaMethod(): AuthType | 'cert' {
+    const cfg = this.ctx.config();
+    const rules = this.ctx.hba();
+    if (!rules) return cfg.auth.type;
+    const a = this.accepted;
+    const where = `host "${a.remoteAddress}", user "${this.user}", database "${this.database}", ${a.tls ? 'SSL encryption' : 'no encryption'}`;
+    const rule = matchHba(rules, {
+      type: 'host',
+      tls: a.tls,
+      address: a.remoteAddress,
+      database: this.database,
+      user: this.user,
+    });
+    if (!rule) throw PgError.notAllowed(`no pg_hba.conf entry for ${where}`, 'GPRXY_HBA_NO_MATCH');
+    this.hbaRule = rule;
+    switch (rule.method) {
+      case 'reject':
+        throw PgError.notAllowed(`pg_hba.conf rejects connection for ${where}`, 'GPRXY_HBA_REJECT');
+      case 'oidc':
+        throw PgError.notAllowed(
+          `oidc authentication is not available in this gprxy version (hba line ${rule.line})`,
+          'GPRXY_HBA_OIDC',
+        );
+      case 'password':
+        return 'plain';
+      default:
+        return rule.method;
+    }
+  }
+
+  private hbaRule: HbaRule | undefined;
+
+  /**
+   * HBA `cert`: the TLS client certificate (verified against listen.tls.ca) names the user: its common name must be
+   * the startup user, or map to it through auth.user_maps.<map> when the rule says map=<name>.
+   */
+  private certLogin(): AuthOutcome {
+    const socket = this.accepted.socket as ClientSocket & {
+      authorized?: boolean;
+      getPeerCertificate?: () => { subject?: { CN?: string | string[] } };
+    };
+    const cn =
+      socket.authorized && socket.getPeerCertificate ? socket.getPeerCertificate().subject?.CN : undefined;
+    const name = Array.isArray(cn) ? cn[0] : cn;
+    if (!this.accepted.tls || !name) {
+      throw PgError.notAllowed(`connection requires a valid client certificate`, 'GPRXY_CERT_MISSING');
+    }
+    const mapName = this.hbaRule?.options.map;
+    const mapped = mapName ? this.ctx.config().auth.user_maps[mapName]?.[name] : name;
+    if (mapped !== this.user) {
+      throw PgError.notAllowed(
+        `certificate authentication failed for user "${this.user}"`,
+        'GPRXY_CERT_USER',
+      );
+    }
+    return { method: 'cert' };
+  }
+
+  /** Failed logins from this address or for this user beyond their budget: hold the login back first. */
+  private async throttle(): Promise<void> {
+    const d = this.ctx.limiter().delay(this.accepted.remoteAddress, this.user);
+    if (d.ms === 0) return;
+    this.log.info(
+      { event: 'login_throttled', limit: d.limit, delay_ms: d.ms },
+      'login delayed after repeated failures',
+    );
+    await new Promise((r) => setTimeout(r, d.ms));
+  }
+
+  // ---- admin console (src/admin/) -----------------------------------------------------------------------------
+
+  /** After authentication, the admin console serves this socket instead of a pool (28000 for other users). */
+  private async serveAdmin(): Promise<void> {
+    this.ctx.admin.authorize(this.user);
+    this.transition('active');
+    clearTimeout(this.loginTimer);
+    await this.ctx.admin.serve(this);
+  }
+
+  /** The server this client is linked to right now (admin console, API). */
+  get serverId(): number | undefined {
+    return (this.lease?.server ?? this.txRelay?.server)?.id;
+  }
+
+  /** Where the client connected from, for the admin console and API. */
+  get peer(): { addr: string; port: number; tls: boolean; applicationName: string } {
+    const a = this.accepted;
+    const applicationName = a.startup.params.get('application_name') ?? '';
+    return { addr: a.remoteAddress, port: a.remotePort, tls: a.tls, applicationName };
+  }
+
+  // ------------------------------------------------------------------------------------------------------------
 
   private poolFor(db: DatabaseConfig): Pool<ServerConnection> {
     const cfg = this.ctx.config();

@@ -12,6 +12,7 @@ import {
   type PoolSettings,
   type RawConfig,
 } from './schema.ts';
+import { resolveSecret } from './secrets.ts';
 
 export type Config = Readonly<ParsedConfig> & {
   /** Directory relative paths in the file are resolved against. */
@@ -73,6 +74,12 @@ export function parseConfig(raw: unknown, opts: { env: Env; baseDir: string; sou
   const c = result.data;
   const abs = (p: string | undefined) => (p === undefined || isAbsolute(p) ? p : resolve(opts.baseDir, p));
   if (c.auth.file !== undefined) c.auth.file = abs(c.auth.file);
+  if (c.auth.hba !== undefined) c.auth.hba = abs(c.auth.hba);
+  if (c.auth.query !== undefined && c.auth.user === undefined) {
+    throw new ConfigError(
+      `invalid config ${opts.source}: auth.user: needed with auth.query (the login it runs as)`,
+    );
+  }
   if (c.listen.tls) {
     c.listen.tls.cert = abs(c.listen.tls.cert)!;
     c.listen.tls.key = abs(c.listen.tls.key)!;
@@ -84,6 +91,18 @@ export function parseConfig(raw: unknown, opts: { env: Env; baseDir: string; sou
     t.cert = abs(t.cert);
     t.key = abs(t.key);
   }
+  // Secrets that must be plaintext for gprxy's own logins may come from a file or be encrypted.
+  const secret = (value: string | undefined, key: string): string | undefined => {
+    if (value === undefined) return undefined;
+    try {
+      return resolveSecret(value, opts.env, opts.baseDir);
+    } catch (e) {
+      throw new ConfigError(`invalid config ${opts.source}: ${key}: ${(e as Error).message}`);
+    }
+  };
+  for (const [name, u] of Object.entries(c.users)) u.password = secret(u.password, `users.${name}.password`);
+  for (const [name, d] of Object.entries(c.databases))
+    d.password = secret(d.password, `databases.${name}.password`);
   if (c.listen.tls === undefined && c.listen.require_tls) {
     throw new ConfigError(
       `invalid config ${opts.source}: listen.require_tls: needs listen.tls (cert and key)`,

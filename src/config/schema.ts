@@ -68,6 +68,29 @@ const user = z.strictObject({
   ...poolSettingsShape,
 });
 
+/** `host:port` for the admin HTTP listener (port 0 picks a free one). */
+const hostPort = z.string().transform((v, ctx) => {
+  const m = /^(.*):(\d{1,5})$/.exec(v.trim());
+  const port = m ? Number(m[2]) : Number.NaN;
+  if (!m || port > 65535) {
+    ctx.addIssue({ code: 'custom', message: `invalid address "${v}" (use host:port, e.g. 127.0.0.1:9930)` });
+    return z.NEVER;
+  }
+  const host = m[1]!.replace(/^\[(.*)\]$/, '$1');
+  return { host: host || '127.0.0.1', port };
+});
+
+const admin = z.strictObject({
+  /** Users allowed every admin console command (pgbouncer's admin_users). */
+  users: z.array(z.string()).default([]),
+  /** Users allowed the admin console's SHOW commands only (pgbouncer's stats_users). */
+  stats_users: z.array(z.string()).default([]),
+  /** Admin HTTP listener (/metrics, /healthz, /readyz, /api/*); off when unset. */
+  http: hostPort.optional(),
+  /** Bearer token required by /api/* when set (use `${ENV}` to keep it out of the file). */
+  api_token: z.string().min(1).optional(),
+});
+
 export const configSchema = z.strictObject({
   listen: z
     .strictObject({
@@ -97,9 +120,32 @@ export const configSchema = z.strictObject({
       file: z.string().optional(),
       /** Cleartext password over plain TCP from loopback (never from elsewhere). */
       allow_cleartext_loopback: z.boolean().default(false),
+      /** pg_hba.conf-style rules: first match decides the method; no match refuses. */
+      hba: z.string().optional(),
+      /** auth_query: read secrets from PostgreSQL for users not in the auth file. */
+      query: z.string().optional(),
+      /** Login the auth query runs as (password from users.<name>.password or the auth file). */
+      user: z.string().optional(),
+      /** Database entry whose server runs the auth query; default: the client's database. */
+      database: z.string().optional(),
+      cache_ttl: duration.prefault(30),
+      negative_cache_ttl: duration.prefault(5),
+      /** cert method: certificate common name -> database user, per map name (pg_ident.conf's role). */
+      user_maps: z.record(z.string(), z.record(z.string(), z.string())).default({}),
+      limits: z
+        .strictObject({
+          failures_per_address: z.number().int().min(1).default(10),
+          failures_per_user: z.number().int().min(1).default(50),
+          refill_per_second: z.number().positive().default(1),
+          base_delay: duration.prefault('100ms'),
+          max_delay: duration.prefault(5),
+          startups_per_second: z.number().int().nonnegative().default(0),
+        })
+        .prefault({}),
     })
     .prefault({}),
   server_tls: serverTls.prefault({}),
+  admin: admin.prefault({}),
   databases: z.record(z.string(), database).default({}),
   users: z.record(z.string(), user).default({}),
   ...poolSettingsShape,
@@ -112,6 +158,7 @@ export type UserConfig = z.output<typeof user>;
 export type ServerTlsConfig = z.output<typeof serverTls>;
 export type ListenTlsConfig = z.output<typeof tlsFiles>;
 export type PoolMode = z.output<typeof poolMode>;
+export type AdminConfig = z.output<typeof admin>;
 
 /** Effective pool settings for one (database, user): user overrides database overrides global overrides defaults. */
 export interface PoolSettings {

@@ -2,6 +2,7 @@
 // lifetime, login-retry back-off; PoolRegistry holds the pools and the per-database/per-user connection caps.
 // No sockets here: servers come from an injected connect function.
 import type { PoolSettings } from '../config/schema.ts';
+import type { ProxyEvents } from '../events.ts';
 import { PgError } from '../protocol/errors.ts';
 
 export interface PooledServer {
@@ -33,14 +34,31 @@ export class Lease<S extends PooledServer> {
   constructor(
     readonly server: S,
     private readonly pool: Pool<S>,
+    /** When the server was lent (pool clock). */
+    readonly since: number,
   ) {}
 
   release(reusable: boolean, reason = 'not reusable'): void {
     if (this.released) return;
     this.released = true;
-    this.pool.giveBack(this.server, reusable, reason);
+    this.pool.giveBack(this.server, reusable, reason, this.since);
   }
 }
+
+/** Running totals per pool since start, read by SHOW STATS and /metrics (plain counters, no per-event objects). */
+export interface PoolStats {
+  /** Servers lent to clients (pgbouncer's server assignments; transactions in transaction mode). */
+  leases: number;
+  /** Sum of lease durations, ms (transaction time in transaction mode). */
+  leaseMs: number;
+  /** Sum of client waits for a server, ms. */
+  waitMs: number;
+  /** Servers opened and closed. */
+  opened: number;
+  closed: number;
+}
+
+export type PooledServerState = 'active' | 'idle';
 
 export interface PoolCounts {
   active: number;
@@ -58,6 +76,9 @@ export class Pool<S extends PooledServer> {
   /** The parameters a server reports at login, cached from the pool's first server (transaction-mode logins). */
   welcome: ReadonlyMap<string, string> | undefined;
   private closedForGood = false;
+  readonly stats: PoolStats = { leases: 0, leaseMs: 0, waitMs: 0, opened: 0, closed: 0 };
+  /** Servers to close when they come back (RECONNECT, KILL) instead of going idle. */
+  private readonly closeNeeded = new Set<S>();
 
   constructor(
     readonly key: PoolKey,
@@ -76,6 +97,25 @@ export class Pool<S extends PooledServer> {
     };
   }
 
+  /** The servers this pool holds, with their pool-side state (admin console, API). */
+  servers(): { server: S; state: PooledServerState; closeNeeded: boolean }[] {
+    const out: { server: S; state: PooledServerState; closeNeeded: boolean }[] = [];
+    for (const s of this.active)
+      out.push({ server: s, state: 'active', closeNeeded: this.closeNeeded.has(s) });
+    for (const s of this.idle) out.push({ server: s, state: 'idle', closeNeeded: false });
+    return out;
+  }
+
+  /** How long the oldest waiting client has waited, ms (0 when nobody waits). */
+  get maxWaitMs(): number {
+    const w = this.waiters[0];
+    return w ? Math.max(0, this.now() - w.since) : 0;
+  }
+
+  get paused(): boolean {
+    return this.registry.isPaused(this.key.database);
+  }
+
   /** Servers that exist or are being opened: what counts against the limits. */
   get total(): number {
     return this.active.size + this.idle.length + this.connecting;
@@ -83,8 +123,8 @@ export class Pool<S extends PooledServer> {
 
   acquire(): Promise<Lease<S>> {
     if (this.closedForGood) return Promise.reject(PgError.shuttingDown());
-    const s = this.takeIdle();
-    if (s) return Promise.resolve(this.lend(s));
+    const s = this.paused ? undefined : this.takeIdle();
+    if (s) return Promise.resolve(this.lend(s, 0));
     const failure = this.recentFailure();
     if (failure && this.total === 0) return Promise.reject(failure);
     return new Promise((resolve, reject) => {
@@ -125,10 +165,15 @@ export class Pool<S extends PooledServer> {
     }
   }
 
-  private lend(s: S): Lease<S> {
+  private lend(s: S, waitMs: number): Lease<S> {
     this.active.add(s);
-    s.lastUsedAt = this.now();
-    return new Lease(s, this);
+    const now = this.now();
+    s.lastUsedAt = now;
+    this.stats.leases++;
+    this.stats.waitMs += waitMs;
+    const ev = this.registry.events?.serverWait;
+    if (ev?.hasSubscribers) ev.publish({ database: this.key.database, user: this.key.user, waitMs });
+    return new Lease(s, this, now);
   }
 
   private recentFailure(): PgError | undefined {
@@ -150,6 +195,7 @@ export class Pool<S extends PooledServer> {
 
   /** Opens servers while clients wait and limits allow. */
   grow(): void {
+    if (this.paused) return;
     while (this.waiters.length > this.connecting && this.mayOpen() && !this.recentFailure()) this.open();
   }
 
@@ -159,6 +205,7 @@ export class Pool<S extends PooledServer> {
       (s) => {
         this.connecting--;
         this.lastFailure = undefined;
+        this.stats.opened++;
         s.onClosed(() => this.forget(s));
         this.registry.opened(this.key);
         this.place(s);
@@ -186,17 +233,27 @@ export class Pool<S extends PooledServer> {
       s.close('pool closed');
       return;
     }
-    const w = this.waiters.shift();
+    const w = this.paused ? undefined : this.waiters.shift();
     if (w) {
       clearTimeout(w.timer);
-      w.resolve(this.lend(s));
+      w.resolve(this.lend(s, this.now() - w.since));
       return;
     }
     this.idle.push(s);
   }
 
-  giveBack(s: S, reusable: boolean, reason: string): void {
+  giveBack(s: S, reusable: boolean, reason: string, since?: number): void {
     this.active.delete(s);
+    if (since !== undefined) {
+      const leaseMs = this.now() - since;
+      this.stats.leaseMs += leaseMs;
+      const ev = this.registry.events?.serverLease;
+      if (ev?.hasSubscribers) ev.publish({ database: this.key.database, user: this.key.user, leaseMs });
+    }
+    if (this.closeNeeded.delete(s)) {
+      s.close('reconnect');
+      return;
+    }
     if (!reusable || s.closed) {
       s.close(reason);
       return;
@@ -210,6 +267,8 @@ export class Pool<S extends PooledServer> {
   }
 
   private forget(s: S): void {
+    this.stats.closed++;
+    this.closeNeeded.delete(s);
     this.active.delete(s);
     const i = this.idle.indexOf(s);
     if (i >= 0) this.idle.splice(i, 1);
@@ -244,6 +303,27 @@ export class Pool<S extends PooledServer> {
     for (const s of this.idle.splice(0)) s.close(reason);
   }
 
+  /** RECONNECT: idle servers close now, active ones when released; new servers open as needed. */
+  reconnect(reason = 'reconnect'): void {
+    for (const s of this.active) this.closeNeeded.add(s);
+    this.closeIdle(reason);
+  }
+
+  /** After RESUME: serve the clients that queued while paused. */
+  resumed(): void {
+    if (this.paused) return;
+    for (;;) {
+      const w = this.waiters[0];
+      if (!w) break;
+      const s = this.takeIdle();
+      if (!s) break;
+      this.waiters.shift();
+      clearTimeout(w.timer);
+      w.resolve(this.lend(s, this.now() - w.since));
+    }
+    this.grow();
+  }
+
   shutdown(): void {
     this.closedForGood = true;
     for (const w of this.waiters.splice(0)) {
@@ -260,11 +340,34 @@ export class PoolRegistry<S extends PooledServer> {
   private readonly perDb = new Map<string, number>();
   private readonly perUser = new Map<string, number>();
   private timer: NodeJS.Timeout | undefined;
+  /** PAUSE: the whole proxy (`*`) or databases by name. */
+  private readonly pausedDbs = new Set<string>();
 
   constructor(
     private readonly now: Clock = Date.now,
     private readonly onFailure: (key: PoolKey, err: PgError) => void = () => undefined,
+    /** Where pools publish wait and lease events (only when someone subscribes). */
+    readonly events?: Pick<ProxyEvents, 'serverWait' | 'serverLease'>,
   ) {}
+
+  isPaused(database: string): boolean {
+    return this.pausedDbs.size > 0 && (this.pausedDbs.has('*') || this.pausedDbs.has(database));
+  }
+
+  /** PAUSE [db]: new leases wait (logins and transactions queue); servers in use finish and come back. */
+  pause(database = '*'): void {
+    this.pausedDbs.add(database);
+  }
+
+  /** RESUME [db]: lifts a PAUSE (or KILL) and serves whoever queued meanwhile. */
+  resume(database = '*'): void {
+    this.pausedDbs.delete(database);
+    for (const p of this.pools.values()) p.resumed();
+  }
+
+  pausedDatabases(): string[] {
+    return [...this.pausedDbs];
+  }
 
   get(key: PoolKey): Pool<S> | undefined {
     return this.pools.get(poolId(key));

@@ -99,6 +99,18 @@ export function decodeParameterStatus(body: Buffer): [string, string] {
   return [r.cstring(), r.cstring()];
 }
 
+/** DataRow with text columns (NULL as null). */
+export function decodeDataRow(body: Buffer): (string | null)[] {
+  const r = new BodyReader(body);
+  const n = r.int16();
+  const out: (string | null)[] = [];
+  for (let i = 0; i < n; i++) {
+    const len = r.int32();
+    out.push(len < 0 ? null : r.bytes(len).toString('utf8'));
+  }
+  return out;
+}
+
 export function encodeBackendKeyData(pid: number, secret: Buffer): Buffer {
   return new MessageWriter(32).int32(pid).bytes(secret).finish(B.BackendKeyData);
 }

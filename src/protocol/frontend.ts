@@ -110,6 +110,25 @@ export function encodeQuery(sql: string): Buffer {
   return new MessageWriter().cstring(sql).finish(0x51);
 }
 
+/**
+ * One parameterized statement in the extended protocol, unnamed statement and portal, text parameters and
+ * results: Parse, Bind, Execute, Sync.
+ */
+export function encodeExtendedQuery(sql: string, params: readonly (string | null)[]): Buffer {
+  const parse = new MessageWriter().cstring('').cstring(sql).int16(0).finish(F.Parse);
+  const bind = new MessageWriter().cstring('').cstring('').int16(0).int16(params.length);
+  for (const p of params) {
+    if (p === null) bind.int32(-1);
+    else {
+      const b = Buffer.from(p, 'utf8');
+      bind.int32(b.length).bytes(b);
+    }
+  }
+  bind.int16(0);
+  const execute = new MessageWriter(16).cstring('').int32(0).finish(F.Execute);
+  return Buffer.concat([parse, bind.finish(F.Bind), execute, SYNC]);
+}
+
 export const TERMINATE = Buffer.from([0x58, 0, 0, 0, 4]);
 export const SYNC = Buffer.from([0x53, 0, 0, 0, 4]);
 

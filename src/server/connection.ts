@@ -10,6 +10,7 @@ import {
   B,
   decodeAuthentication,
   decodeBackendKeyData,
+  decodeDataRow,
   decodeErrorFields,
   decodeParameterStatus,
   decodeReadyForQuery,
@@ -19,6 +20,7 @@ import {
 import { PgError } from '../protocol/errors.ts';
 import { MessageFramer, Scan, type ScanHandler, StreamScanner, scanPolicy } from '../protocol/framer.ts';
 import {
+  encodeExtendedQuery,
   encodePassword,
   encodeQuery,
   encodeSaslInitialResponse,
@@ -426,6 +428,29 @@ export class ServerConnection implements ScanHandler {
         this.txStatus = decodeReadyForQuery(f.body);
         this.transition(back === 'attached' ? 'attached' : 'idle');
         return error;
+      }
+    }
+  }
+
+  /** A parameterized query gprxy itself runs (auth_query): its rows as text, or the server's error. */
+  async queryRows(
+    sql: string,
+    params: readonly (string | null)[],
+  ): Promise<{ rows: (string | null)[][] } | PgError> {
+    if (this.state === 'query') throw PgError.internal('GPRXY_SERVER_BUSY');
+    const back = this.state;
+    this.transition('query');
+    this.socket.write(encodeExtendedQuery(sql, params));
+    const rows: (string | null)[][] = [];
+    let error: PgError | undefined;
+    for (;;) {
+      const f = await this.nextFrame();
+      if (f.type === B.DataRow) rows.push(decodeDataRow(f.body));
+      else if (f.type === B.ErrorResponse) error ??= pgErrorFromFields(decodeErrorFields(f.body));
+      else if (f.type === B.ReadyForQuery) {
+        this.txStatus = decodeReadyForQuery(f.body);
+        this.transition(back === 'attached' ? 'attached' : 'idle');
+        return error ?? { rows };
       }
     }
   }

@@ -2,7 +2,7 @@
 // gprxy on port 0 with captured JSON logs, and real clients (pg, postgres.js, psql, pgbench).
 import { execFile, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -19,6 +19,17 @@ export const PG = {
   user: process.env.GPRXY_TEST_PGUSER ?? 'postgres',
   password: process.env.GPRXY_TEST_PGPASSWORD ?? '',
 };
+
+/**
+ * The suite's secret scan: every password a test makes is registered here, and every in-process proxy's log lines
+ * are written to GPRXY_TEST_LOGDIR when it stops; test/run.ts then greps all logs for all secrets.
+ */
+export function registerSecret(secret: string): void {
+  const dir = process.env.GPRXY_TEST_LOGDIR;
+  if (dir && secret) appendFileSync(join(dir, 'secrets.txt'), `${secret}\n`);
+}
+
+let proxyCount = 0;
 
 export function requirePg(): void {
   if (!PG.port)
@@ -62,6 +73,7 @@ export async function createTestDb(prefix = 't'): Promise<TestDb> {
   const database = uniq(`${prefix}db`);
   const user = uniq(`${prefix}u`);
   const password = randomBytes(9).toString('base64url');
+  registerSecret(password);
   await admin(`CREATE ROLE ${user} LOGIN PASSWORD '${password}'`);
   await admin(`CREATE DATABASE ${database} OWNER ${user}`);
   return {
@@ -123,6 +135,8 @@ export async function startTestProxy(raw: RawConfig): Promise<TestProxy> {
     },
   });
   const log = pino({ level: 'debug' }, sink);
+  for (const u of Object.values(raw.users ?? {})) if (u.password) registerSecret(u.password);
+  for (const d of Object.values(raw.databases ?? {})) if (d.password) registerSecret(d.password);
   const config = configFromObject({ listen: { host: '127.0.0.1', port: 0 }, ...raw }, dir);
   const proxy = await startProxy(config, log);
   return {
@@ -132,7 +146,16 @@ export async function startTestProxy(raw: RawConfig): Promise<TestProxy> {
     logs: { lines, text: () => lines.map((l) => JSON.stringify(l)).join('\n') },
     url: (user, password, database, extra = '') =>
       `postgresql://${encodeURIComponent(user)}:${encodeURIComponent(password)}@127.0.0.1:${proxy.port}/${database}${extra}`,
-    stop: () => proxy.shutdown({ graceful: false }),
+    stop: async () => {
+      await proxy.shutdown({ graceful: false });
+      const logDir = process.env.GPRXY_TEST_LOGDIR;
+      if (logDir) {
+        writeFileSync(
+          join(logDir, `${process.pid}-${++proxyCount}.jsonl`),
+          lines.map((l) => JSON.stringify(l)).join('\n'),
+        );
+      }
+    },
   };
 }
 

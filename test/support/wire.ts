@@ -26,8 +26,8 @@ export class Wire {
     });
   }
 
-  static async connect(port: number): Promise<Wire> {
-    const socket = net.connect({ host: '127.0.0.1', port });
+  static async connect(port: number, localAddress?: string): Promise<Wire> {
+    const socket = net.connect({ host: '127.0.0.1', port, ...(localAddress ? { localAddress } : {}) });
     await new Promise<void>((res, rej) => {
       socket.once('connect', res);
       socket.once('error', rej);
@@ -46,8 +46,9 @@ export class Wire {
     password: string,
     database: string,
     pipelined?: Buffer,
+    localAddress?: string,
   ): Promise<Wire> {
-    const w = await Wire.connect(port);
+    const w = await Wire.connect(port, localAddress);
     w.send(startupMessage({ user, database }));
     let m = await w.expect('R');
     const scram = new ScramClient({ password }, { cache: null });

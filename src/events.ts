@@ -1,0 +1,90 @@
+// Typed node:diagnostics_channel channels the core publishes to; audit/ and metrics/ subscribe. One set of channels
+// per proxy instance (names carry the instance number), so several proxies in one process (tests) stay apart.
+// Publishers check `hasSubscribers` before building a message: with nobody listening an event costs one branch.
+import { type Channel, channel, subscribe, unsubscribe } from 'node:diagnostics_channel';
+
+export interface ClientLoginEvent {
+  session: number;
+  database: string;
+  user: string;
+  /** The exchange that authenticated the client: scram-sha-256, md5, password, trust... */
+  method: string;
+}
+
+export interface ClientLoginFailedEvent {
+  session: number;
+  database: string;
+  user: string;
+  sqlstate: string;
+  /** A stable GPRXY_* code when gprxy decided, else the SQLSTATE. Never a secret. */
+  reason: string;
+}
+
+export interface CancelEvent {
+  /** Whether the key matched a live session. */
+  matched: boolean;
+}
+
+/** A client got a server: how long it waited in the pool's queue (0 when an idle server was at hand). */
+export interface ServerWaitEvent {
+  database: string;
+  user: string;
+  waitMs: number;
+}
+
+/** A lease ended: in transaction/statement mode this is the transaction (or statement) duration. */
+export interface ServerLeaseEvent {
+  database: string;
+  user: string;
+  leaseMs: number;
+}
+
+/** A typed channel: `publish` only accepts its message type. */
+export interface TypedChannel<T> {
+  readonly name: string;
+  readonly hasSubscribers: boolean;
+  publish(message: T): void;
+  subscribe(fn: (message: T) => void): void;
+  unsubscribe(fn: (message: T) => void): void;
+}
+
+export interface ProxyEvents {
+  readonly instance: number;
+  readonly clientLogin: TypedChannel<ClientLoginEvent>;
+  readonly clientLoginFailed: TypedChannel<ClientLoginFailedEvent>;
+  readonly cancel: TypedChannel<CancelEvent>;
+  readonly serverWait: TypedChannel<ServerWaitEvent>;
+  readonly serverLease: TypedChannel<ServerLeaseEvent>;
+}
+
+let nextInstance = 1;
+
+function typed<T>(name: string): TypedChannel<T> {
+  const ch: Channel = channel(name);
+  return {
+    name,
+    get hasSubscribers() {
+      return ch.hasSubscribers;
+    },
+    publish: (m: T) => ch.publish(m),
+    // The module-level functions keep the channel alive while subscribed (a Channel object is held weakly).
+    subscribe: (fn) => subscribe(name, fn as (m: unknown, name: string | symbol) => void),
+    unsubscribe: (fn) => {
+      unsubscribe(name, fn as (m: unknown, name: string | symbol) => void);
+    },
+  };
+}
+
+/** The channels of one proxy instance: `gprxy:<instance>:<event>`. */
+export function createEvents(): ProxyEvents {
+  const instance = nextInstance++;
+  const n = (e: string) => `gprxy:${instance}:${e}`;
+  return {
+    instance,
+    clientLogin: typed(n('client:login')),
+    clientLoginFailed: typed(n('client:login_failed')),
+    cancel: typed(n('cancel')),
+    serverWait: typed(n('server:wait')),
+    serverLease: typed(n('server:lease')),
+  };
+}
