@@ -416,6 +416,13 @@ export class ClientSession implements ClientIO, AuthChannel {
         database,
         user: backendUser,
         credential,
+      }).catch((e: unknown) => {
+        // A recovered SCRAM key the server refuses belongs to an old verifier: forget it (the next login of that
+        // user teaches the new one).
+        if (e instanceof PgError && e.sqlState === '28P01' && ctx.learned.get(backendUser) === credential) {
+          ctx.learned.delete(backendUser);
+        }
+        throw e;
       });
     });
   }
