@@ -13,6 +13,7 @@ import { createEvents } from './events.ts';
 import type { Logger } from './log/logger.ts';
 import { dialServer, sendCancelRequest } from './net/dial.ts';
 import { type Listener, listen } from './net/listener.ts';
+import { createKeyResolvers } from './net/oidc-keys.ts';
 import { type ListenTls, loadListenContext } from './net/tls.ts';
 import { createOperations } from './operations.ts';
 import { PoolRegistry } from './pool/pool.ts';
@@ -85,6 +86,7 @@ export async function startProxy(
   let config = initial;
   let secrets = loadSecrets(config);
   let hba = loadHba(config);
+  let keyResolvers = createKeyResolvers({ cooldownMs: config.sso.jwks_refresh_cooldown });
   let limiter = makeLimiter(config);
   let startups = new StartupRate(config.auth.limits.startups_per_second);
   /** auth_query per database entry, made on first use; dropped on reload. */
@@ -176,6 +178,7 @@ export async function startProxy(
       return q.lookup(user);
     },
     hba: () => hba,
+    keys: () => keyResolvers,
     limiter: () => limiter,
     pools,
     cancels,
@@ -293,6 +296,7 @@ export async function startProxy(
       secrets = nextSecrets;
       tlsContext = nextTls;
       hba = nextHba;
+      keyResolvers = createKeyResolvers({ cooldownMs: next.sso.jwks_refresh_cooldown });
       limiter = makeLimiter(next);
       startups = new StartupRate(next.auth.limits.startups_per_second);
       for (const q of authQueries.values()) q.close();
@@ -309,7 +313,9 @@ export async function startProxy(
   async function stop(graceful: boolean): Promise<void> {
     draining = true;
     listening = false;
-    await listener.close().catch(() => undefined);
+    // Stops accepting now; the close itself completes only once every client connection has ended, which
+    // cannot happen while we wait on it (a SHUTDOWN from the console, clients still connected): not awaited.
+    void listener.close().catch(() => undefined);
     if (graceful) {
       const deadline = Date.now() + config.shutdown_timeout;
       while (sessions.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));

@@ -7,6 +7,7 @@ import type { CancelRegistry } from '../cancel/registry.ts';
 import type { Config } from '../config/load.ts';
 import type { ProxyEvents } from '../events.ts';
 import type { Logger } from '../log/logger.ts';
+import type { KeyResolvers } from '../net/oidc-keys.ts';
 import type { PoolRegistry } from '../pool/pool.ts';
 import type { Frame } from '../protocol/framer.ts';
 import type { BackendCredential, ServerConnection, ServerTarget } from '../server/connection.ts';
@@ -22,6 +23,8 @@ export interface ProxyContext {
   /** HBA rules when auth.hba is set. */
   hba(): readonly HbaRule[] | undefined;
   limiter(): LoginLimiter;
+  /** Signing keys of SSO providers (discovery + JWKS, cached; fresh after a reload). */
+  keys(): KeyResolvers;
   pools: PoolRegistry<ServerConnection>;
   cancels: CancelRegistry;
   connectServer(target: ServerTarget): Promise<ServerConnection>;

@@ -23,6 +23,7 @@ import { TransactionRelay } from '../relay/transaction.ts';
 import type { BackendCredential, ServerConnection } from '../server/connection.ts';
 import { type AuthChannel, type AuthOutcome, type AuthType, authenticateClient } from './auth.ts';
 import type { ProxyContext } from './context.ts';
+import { type SsoLogin, ssoLogin } from './sso.ts';
 import { startupSettingMap, startupSettings } from './startup-params.ts';
 
 export type SessionState = 'startup' | 'auth' | 'attaching' | 'active' | 'closing' | 'closed';
@@ -43,7 +44,7 @@ export class ClientSession implements ClientIO, AuthChannel {
   state: SessionState = 'startup';
   readonly user: string;
   readonly database: string;
-  readonly log: Logger;
+  log: Logger;
   readonly connectedAt: number;
   onDrain: (() => void) | undefined;
 
@@ -177,13 +178,15 @@ export class ClientSession implements ClientIO, AuthChannel {
       outcome =
         method === 'cert'
           ? this.certLogin()
-          : await authenticateClient(this, {
-              type: method,
-              user: this.user,
-              secret: await this.ctx.lookupSecret(this.user, this.database),
-              cleartextAllowed: a.tls || (a.loopback && cfg.auth.allow_cleartext_loopback),
-              mockKey: this.ctx.mockKey,
-            });
+          : method === 'oidc'
+            ? await this.ssoLogin()
+            : await authenticateClient(this, {
+                type: method,
+                user: this.user,
+                secret: await this.ctx.lookupSecret(this.user, this.database),
+                cleartextAllowed: a.tls || (a.loopback && cfg.auth.allow_cleartext_loopback),
+                mockKey: this.ctx.mockKey,
+              });
     } catch (e) {
       if (e instanceof PgError && (e.sqlState === '28P01' || e.sqlState === '28000')) {
         this.ctx.limiter().failed(a.remoteAddress, this.user);
@@ -210,7 +213,7 @@ export class ClientSession implements ClientIO, AuthChannel {
     }
     this.lease = lease;
     const server = lease.server;
-    const settings = startupSettings(startup.params, server.params);
+    const settings = startupSettings(this.settingParams(), server.params, this.forcedSettings());
     if (settings.error) throw settings.error;
     if (settings.sql) {
       const err = await server.query(settings.sql);
@@ -250,7 +253,7 @@ export class ClientSession implements ClientIO, AuthChannel {
    */
   private async startTransactionMode(pool: Pool<ServerConnection>): Promise<void> {
     const st = pool.settings;
-    const settings = startupSettingMap(this.accepted.startup.params);
+    const settings = startupSettingMap(this.settingParams(), this.forcedSettings());
     if (settings instanceof PgError) throw settings;
     const relay = new TransactionRelay(
       this,
@@ -299,7 +302,7 @@ export class ClientSession implements ClientIO, AuthChannel {
   }
 
   /** The exchange to run: the first matching HBA rule's method, or auth.type without HBA rules. */
-  private hbaMethod(): AuthType | 'cert' {
+  private hbaMethod(): AuthType | 'cert' | 'oidc' {
     const cfg = this.ctx.config();
     const rules = this.ctx.hba();
     if (!rules) return cfg.auth.type;
@@ -317,11 +320,6 @@ export class ClientSession implements ClientIO, AuthChannel {
     switch (rule.method) {
       case 'reject':
         throw PgError.notAllowed(`pg_hba.conf rejects connection for ${where}`, 'GPRXY_HBA_REJECT');
-      case 'oidc':
-        throw PgError.notAllowed(
-          `oidc authentication is not available in this gprxy version (hba line ${rule.line})`,
-          'GPRXY_HBA_OIDC',
-        );
       case 'password':
         return 'plain';
       default:
@@ -330,6 +328,77 @@ export class ClientSession implements ClientIO, AuthChannel {
   }
 
   private hbaRule: HbaRule | undefined;
+  /** Set when the client logged in with an SSO token. */
+  private sso: SsoLogin | undefined;
+  private expiryTimer: NodeJS.Timeout | undefined;
+
+  private async ssoLogin(): Promise<AuthOutcome> {
+    const cfg = this.ctx.config();
+    const a = this.accepted;
+    const sso = await ssoLogin(this, this.ctx, {
+      user: this.user,
+      database: this.database,
+      exchange: this.hbaRule?.options.exchange === 'oauthbearer' ? 'oauthbearer' : 'password',
+      secureEnough: a.tls || (a.loopback && cfg.sso.allow_loopback_plain),
+    });
+    this.sso = sso;
+    this.log = this.log.child({ identity: sso.identity.name, role: sso.role });
+    this.scheduleExpiry(sso.identity.expiresAt);
+    return { method: sso.method };
+  }
+
+  /** token_expiry: disconnect ends the session when the token expires (after the grace); login_only only logs. */
+  private scheduleExpiry(expiresAt: number): void {
+    const cfg = this.ctx.config();
+    const ms = Math.max(0, expiresAt + cfg.sso.expiry_grace - Date.now());
+    this.expiryTimer = setTimeout(
+      () => {
+        if (this.state === 'closed' || this.state === 'closing') return;
+        const disconnect = this.ctx.config().sso.token_expiry === 'disconnect';
+        this.log.info(
+          { event: 'token_expired', action: disconnect ? 'disconnect' : 'keep' },
+          'SSO token expired',
+        );
+        if (disconnect) {
+          this.fail(
+            new PgError(
+              'FATAL',
+              '57P01',
+              'terminating connection because the login token expired: log in again',
+              {
+                code: 'GPRXY_TOKEN_EXPIRED',
+                hint: 'run gprxy login, then reconnect',
+              },
+            ),
+          );
+        }
+      },
+      Math.min(ms, 2 ** 31 - 1),
+    );
+    this.expiryTimer.unref();
+  }
+
+  /** Settings gprxy forces for this session: an SSO identity on application_name and gprxy.identity. */
+  private forcedSettings(): Map<string, string> {
+    const m = new Map<string, string>();
+    if (this.sso) {
+      m.set('application_name', `gprxy:${this.sso.identity.name}`);
+      m.set('gprxy.identity', this.sso.identity.name);
+    }
+    return m;
+  }
+
+  /** Startup parameters as applied: on SSO routes, nothing the client sends may claim another role or identity. */
+  private settingParams(): ReadonlyMap<string, string> {
+    const params = this.accepted.startup.params;
+    if (!this.sso) return params;
+    const out = new Map(params);
+    for (const k of params.keys()) {
+      const l = k.toLowerCase();
+      if (l === 'role' || l === 'session_authorization' || l.startsWith('gprxy.')) out.delete(k);
+    }
+    return out;
+  }
 
   /**
    * HBA `cert`: the TLS client certificate (verified against listen.tls.ca) names the user: its common name must be
@@ -394,7 +463,7 @@ export class ClientSession implements ClientIO, AuthChannel {
 
   private poolFor(db: DatabaseConfig): Pool<ServerConnection> {
     const cfg = this.ctx.config();
-    const backendUser = db.user ?? this.user;
+    const backendUser = this.sso?.role ?? db.user ?? this.user;
     const key = { database: this.database, user: backendUser };
     const settings = poolSettings(cfg, this.database, backendUser);
     const ctx = this.ctx;
@@ -408,22 +477,24 @@ export class ClientSession implements ClientIO, AuthChannel {
       const credential: BackendCredential | undefined = forced
         ? { kind: 'password', password: forcedPassword! }
         : backendCredential(ctx, backendUser);
-      return ctx.connectServer({
-        host: d.host,
-        port: d.port,
-        tls: d.server_tls ?? c.server_tls,
-        connectTimeoutMs: poolSettings(c, key.database, key.user).server_connect_timeout,
-        database,
-        user: backendUser,
-        credential,
-      }).catch((e: unknown) => {
-        // A recovered SCRAM key the server refuses belongs to an old verifier: forget it (the next login of that
-        // user teaches the new one).
-        if (e instanceof PgError && e.sqlState === '28P01' && ctx.learned.get(backendUser) === credential) {
-          ctx.learned.delete(backendUser);
-        }
-        throw e;
-      });
+      return ctx
+        .connectServer({
+          host: d.host,
+          port: d.port,
+          tls: d.server_tls ?? c.server_tls,
+          connectTimeoutMs: poolSettings(c, key.database, key.user).server_connect_timeout,
+          database,
+          user: backendUser,
+          credential,
+        })
+        .catch((e: unknown) => {
+          // A recovered SCRAM key the server refuses belongs to an old verifier: forget it (the next login of that
+          // user teaches the new one).
+          if (e instanceof PgError && e.sqlState === '28P01' && ctx.learned.get(backendUser) === credential) {
+            ctx.learned.delete(backendUser);
+          }
+          throw e;
+        });
     });
   }
 
@@ -554,6 +625,7 @@ export class ClientSession implements ClientIO, AuthChannel {
     const wasActive = this.state === 'active';
     this.transition('closing');
     clearTimeout(this.loginTimer);
+    clearTimeout(this.expiryTimer);
     const w = this.frameWaiter;
     this.frameWaiter = null;
     w?.reject(new PgError('FATAL', '08006', 'client went away', { code: 'GPRXY_CLIENT_GONE' }));

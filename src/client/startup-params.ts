@@ -62,6 +62,7 @@ const GUC_NAME = /^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)*$/;
 export function startupSettings(
   params: ReadonlyMap<string, string>,
   current: ReadonlyMap<string, string>,
+  forced: ReadonlyMap<string, string> = new Map(),
 ): { sql: string | undefined; error?: PgError } {
   const wanted: [string, string][] = [];
   for (const [k, v] of params) {
@@ -74,6 +75,8 @@ export function startupSettings(
     if (parsed instanceof PgError) return { sql: undefined, error: parsed };
     wanted.push(...parsed);
   }
+  // Values gprxy sets itself (SSO identity) come last, so nothing the client sends overrides them.
+  wanted.push(...forced);
   const calls: string[] = [];
   for (const [k, v] of wanted) {
     if (!GUC_NAME.test(k)) {
@@ -91,7 +94,10 @@ export function startupSettings(
 }
 
 /** Transaction mode: the client's startup settings as name -> `text:<value>`, replayed on every server it leases. */
-export function startupSettingMap(params: ReadonlyMap<string, string>): Map<string, string> | PgError {
+export function startupSettingMap(
+  params: ReadonlyMap<string, string>,
+  forced: ReadonlyMap<string, string> = new Map(),
+): Map<string, string> | PgError {
   const out = new Map<string, string>();
   for (const [k, v] of params) {
     if (NOT_SETTINGS.has(k) || k.startsWith('_pq_.')) continue;
@@ -107,6 +113,7 @@ export function startupSettingMap(params: ReadonlyMap<string, string>): Map<stri
       out.set(k.toLowerCase(), `text:${v}`);
     }
   }
+  for (const [k, v] of forced) out.set(k.toLowerCase(), `text:${v}`);
   return out;
 }
 

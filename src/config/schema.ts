@@ -91,6 +91,38 @@ const admin = z.strictObject({
   api_token: z.string().min(1).optional(),
 });
 
+const ssoProvider = z.strictObject({
+  name: z.string(),
+  /** Issuer URL exactly as in its discovery document (`iss`). */
+  issuer: z.string().url(),
+  /** Accepted audiences (Azure v2: the application's client id GUID; Auth0: the API identifier). */
+  audience: z.union([z.string(), z.array(z.string()).min(1)]),
+  algorithms: z
+    .array(z.enum(['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA']))
+    .default(['RS256', 'PS256', 'ES256']),
+  identity_claim: z.string().default('email'),
+  groups_claim: z.string().default('groups'),
+  roles_claim: z.string().default('roles'),
+  clock_skew: duration.prefault(60),
+  /** With identity_claim email: require email_verified=true (or a pinned Azure tenant), Azure's nOAuth lesson. */
+  require_verified_email: z.boolean().default(true),
+  /** Azure AD: only tokens of this tenant (`tid`). */
+  tenant: z.string().optional(),
+  /** Skip discovery and use this JWKS URL. */
+  jwks_uri: z.string().url().optional(),
+});
+
+const ssoRule = z.strictObject({
+  match: z.strictObject({
+    group: z.string().optional(),
+    role: z.string().optional(),
+    email: z.string().optional(),
+  }),
+  /** The database login (service_account) this identity uses. */
+  role: z.string(),
+  databases: z.array(z.string()).default(['*']),
+});
+
 export const configSchema = z.strictObject({
   listen: z
     .strictObject({
@@ -146,6 +178,23 @@ export const configSchema = z.strictObject({
     .prefault({}),
   server_tls: serverTls.prefault({}),
   admin: admin.prefault({}),
+  sso: z
+    .strictObject({
+      providers: z.array(ssoProvider).default([]),
+      mapping: z.array(ssoRule).default([]),
+      backend: z.enum(['service_account']).default('service_account'),
+      /** Startup user names that stand for "whoever the token says" besides the identity itself. */
+      aliases: z.array(z.string()).default(['sso']),
+      token_expiry: z.enum(['disconnect', 'login_only']).default('disconnect'),
+      expiry_grace: duration.prefault(0),
+      /** Tokens over plain TCP from loopback clients (gprxy dev); otherwise TLS only. */
+      allow_loopback_plain: z.boolean().default(false),
+      /** Scope psql 18 asks for in its own device flow (OAUTHBEARER discovery). */
+      scope: z.string().default('openid email'),
+      /** A token with an unknown key id refetches the JWKS at most this often. */
+      jwks_refresh_cooldown: duration.prefault(30),
+    })
+    .prefault({}),
   databases: z.record(z.string(), database).default({}),
   users: z.record(z.string(), user).default({}),
   ...poolSettingsShape,
@@ -158,6 +207,8 @@ export type UserConfig = z.output<typeof user>;
 export type ServerTlsConfig = z.output<typeof serverTls>;
 export type ListenTlsConfig = z.output<typeof tlsFiles>;
 export type PoolMode = z.output<typeof poolMode>;
+export type SsoProvider = z.output<typeof ssoProvider>;
+export type SsoRule = z.output<typeof ssoRule>;
 export type AdminConfig = z.output<typeof admin>;
 
 /** Effective pool settings for one (database, user): user overrides database overrides global overrides defaults. */

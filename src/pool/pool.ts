@@ -286,7 +286,7 @@ export class Pool<S extends PooledServer> {
       if (tooOld || (idleTooLong && this.total > st.min_pool_size))
         s.close(tooOld ? 'server_lifetime' : 'server_idle_timeout');
     }
-    if (canPrefill) {
+    if (canPrefill && !this.paused) {
       while (
         this.total < Math.min(st.min_pool_size, st.default_pool_size) &&
         this.registry.underCaps(this.key, st)
