@@ -214,7 +214,12 @@ export class TransactionRelay implements ScanHandler, ServerSink {
         break;
       }
       if (type !== F.Parse) return false;
-      const p = readParse(body);
+      let p: ReturnType<typeof readParse>;
+      try {
+        p = readParse(body);
+      } catch {
+        return false; // malformed: the normal path reports it
+      }
       if (p.name === '' || this.statements.has(p.name) || scanSql(p.query, false).pin) return false;
       parses.push({ name: p.name, rest: p.rest });
     }
