@@ -153,11 +153,11 @@ test("every SHOW command answers with pgbouncer's columns and live figures", asy
   assert.deepEqual(servers.fields, clients.fields);
   const srv = servers.rows.find((r) => r.database === db.database)!;
   assert.equal(srv.type, 'S');
-  const [{ pid }] = await admin<{ pid: number }>(
+  const pids = await admin<{ pid: number }>(
     'SELECT pid FROM pg_stat_activity WHERE datname = $1 AND usename = $2',
     [db.database, db.user],
   );
-  assert.equal(srv.remote_pid, String(pid));
+  assert.ok(pids.some((p) => String(p.pid) === srv.remote_pid));
 
   const stats = await show(c, 'STATS');
   assert.equal(stats.fields[0], 'database');
@@ -306,17 +306,13 @@ ${extra}`;
   writeFileSync(file, yaml(''));
   const proxy = await startProxy(loadConfigFile(file, {}), pino({ level: 'silent' }));
   try {
-    console.log("A");
     const c = await connect(ADMIN.user, ADMIN.password, 'gprxy', proxy.port);
-    console.log("B");
     assert.deepEqual(
       (await show(c, 'DATABASES')).rows.map((r) => r.name),
       [db.database],
     );
     writeFileSync(file, yaml(`  extra_db: { host: ${PG.host}, port: ${PG.port}, dbname: postgres }\n`));
-    console.log("C");
     await c.query('RELOAD');
-    console.log("D");
     assert.deepEqual(
       (await show(c, 'DATABASES')).rows.map((r) => r.name).sort(),
       [db.database, 'extra_db'].sort(),
@@ -328,9 +324,7 @@ ${extra}`;
     const errors: (Error & { code?: string })[] = [];
     c.on('error', (e) => errors.push(e));
     await c.query('SHUTDOWN').catch(() => undefined);
-    console.log("E");
     await proxy.stopped;
-    console.log("F");
     await assert.rejects(connect(ADMIN.user, ADMIN.password, 'gprxy', proxy.port), { code: 'ECONNREFUSED' });
   } finally {
     await proxy.shutdown({ graceful: false });

@@ -61,7 +61,18 @@ test('pgjdbc works through gprxy', { skip }, async () => {
 
 test('pgjdbc server-prepared statements move between servers in transaction mode', { skip }, async () => {
   const url = `jdbc:postgresql://127.0.0.1:${gp.port}/tx?prepareThreshold=1&sslmode=disable`;
-  const r = await run('java', ['-cp', JAR, 'test/integration/jdbc/JdbcTxCheck.java', url, db.user, db.password]);
+  const r = await run('java', [
+    '-cp',
+    JAR,
+    'test/integration/jdbc/JdbcTxCheck.java',
+    url,
+    db.user,
+    db.password,
+  ]);
   assert.equal(r.code, 0, r.stderr);
-  assert.deepEqual(r.stdout.trim().split('\n'), ['sum=110', 'servers_used=several', 'server_side_names=gprxy']);
+  assert.deepEqual(r.stdout.trim().split('\n'), [
+    'sum=110',
+    'servers_used=several',
+    'server_side_names=gprxy',
+  ]);
 });
