@@ -1,8 +1,12 @@
-// `gprxy dev`: the embedded default. Starts PostgreSQL from npm, a demo database and role, and gprxy on
-// 127.0.0.1:6432 (or the next free port); prints how to connect; Ctrl-C stops both.
+// `gprxy dev`: the embedded default. Starts PostgreSQL from npm, a demo database and role, a local OIDC issuer
+// with demo users (SSO mapped to service-account roles), and gprxy on 127.0.0.1:6432 (or the next free port);
+// prints how to connect; Ctrl-C stops all three.
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { loadConfigFile } from '../config/load.ts';
+import { type LocalIssuer, startLocalIssuer } from '../dev/oidc.ts';
 import { defaultStateDir, prepareDev, writeDevConfig } from '../dev/setup.ts';
 import { createLogger } from '../log/logger.ts';
 import { startProxy } from '../main.ts';
@@ -23,6 +27,13 @@ function canListen(port: number): Promise<boolean> {
   });
 }
 
+/** The issuer's port from the last run, tried first so logged-in profiles stay valid across restarts. */
+function lastIssuerPort(stateDir: string): number {
+  const f = join(stateDir, 'oidc.port');
+  const p = existsSync(f) ? Number(readFileSync(f, 'utf8').trim()) : 0;
+  return Number.isInteger(p) && p > 0 && p < 65536 ? p : 0;
+}
+
 export async function devCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
@@ -30,19 +41,38 @@ export async function devCommand(args: string[]): Promise<number> {
       'state-dir': { type: 'string', default: defaultStateDir() },
       port: { type: 'string', default: '6432' },
       'log-level': { type: 'string', default: 'info' },
+      /** Tests: complete every SSO login as this demo user with nothing to click. */
+      'auto-approve': { type: 'string' },
+      /** Access token lifetime of the local issuer, in seconds. */
+      'token-ttl': { type: 'string', default: '3600' },
     },
   });
   const stateDir = values['state-dir'];
   process.stderr.write(`gprxy dev: starting PostgreSQL (state in ${stateDir}) ...\n`);
   const state = await prepareDev(stateDir, () => undefined);
+  let issuer: LocalIssuer;
+  try {
+    issuer = await startLocalIssuer({
+      port: lastIssuerPort(stateDir),
+      keyFile: join(stateDir, 'oidc-signing-key.json'),
+      accessTokenTtl: Number(values['token-ttl']),
+      ...(values['auto-approve'] ? { autoApprove: values['auto-approve'] } : {}),
+      onLog: (line) => process.stderr.write(`gprxy dev: ${line}\n`),
+    });
+  } catch (e) {
+    await state.pg.stop().catch(() => undefined);
+    throw e;
+  }
+  writeFileSync(join(stateDir, 'oidc.port'), `${issuer.port}\n`);
   const port = await pickPort(Number(values.port));
-  writeDevConfig(state, port);
+  writeDevConfig(state, port, issuer.issuer);
   const config = loadConfigFile(state.configPath, {});
   const log = createLogger({ level: values['log-level'], pretty: Boolean(process.stdout.isTTY) });
   let proxy: Awaited<ReturnType<typeof startProxy>>;
   try {
     proxy = await startProxy(config, log);
   } catch (e) {
+    await issuer.stop();
     await state.pg.stop().catch(() => undefined);
     throw e;
   }
@@ -58,6 +88,16 @@ export async function devCommand(args: string[]): Promise<number> {
       `  connection URL: ${url}`,
       `  config: ${state.configPath}`,
       '',
+      `SSO: a local OIDC issuer at ${issuer.issuer} with demo users alice@example.com (group dba -> ${state.sso.dba})`,
+      `and bob@example.com (group analyst -> ${state.sso.analyst}, database demo only). Log in as yourself:`,
+      '',
+      `  gprxy login --device --issuer ${issuer.issuer} --client-id ${issuer.clientId} --audience ${issuer.audience} --port ${proxy.port}`,
+      '  gprxy psql -d demo',
+      '',
+      values['auto-approve']
+        ? `  (auto-approve: every login completes as ${values['auto-approve']})`
+        : '  (open the printed link, enter the code, pick a demo user)',
+      '',
       'Press Ctrl-C to stop.',
       '',
     ].join('\n'),
@@ -70,6 +110,7 @@ export async function devCommand(args: string[]): Promise<number> {
       stopping = true;
       process.stderr.write('\ngprxy dev: stopping ...\n');
       await proxy.shutdown({ graceful: false });
+      await issuer.stop();
       await state.pg.stop().catch(() => undefined);
       resolve(0);
     };

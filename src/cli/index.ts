@@ -1,4 +1,4 @@
-// The `gprxy` command: dispatches subcommands (start, dev, passwd, config check) from a table.
+// The `gprxy` command: dispatches subcommands (start, dev, passwd, config check, SSO login and clients) from a table.
 import { parseArgs } from 'node:util';
 import { passwdCommand } from './passwd.ts';
 import { startCommand } from './start.ts';
@@ -19,6 +19,35 @@ const commands: Record<string, Command> = {
     run: passwdCommand,
   },
   config: { summary: 'gprxy config check --config gprxy.yaml: validate a config file', run: configCommand },
+  login: {
+    summary:
+      'sign in with SSO: gprxy login [--device] --issuer URL --client-id ID --audience API [--profile NAME]',
+    run: async (args) => (await import('./login.ts')).loginCommand(args),
+  },
+  logout: {
+    summary: 'forget (and revoke) the stored tokens: gprxy logout [--profile NAME]',
+    run: async (args) => (await import('./login.ts')).logoutCommand(args),
+  },
+  status: {
+    summary: 'who you are logged in as, at which issuer, until when: gprxy status [--json]',
+    run: async (args) => (await import('./login.ts')).statusCommand(args),
+  },
+  token: {
+    summary: 'print a valid access token (refreshed when needed): PGPASSWORD=$(gprxy token)',
+    run: async (args) => (await import('./login.ts')).tokenCommand(args),
+  },
+  psql: {
+    summary: 'run psql through gprxy as yourself: gprxy psql [--profile NAME] [psql options]',
+    run: async (args) => (await import('./psql.ts')).psqlCommand(args),
+  },
+  connect: {
+    summary: 'gprxy connect -d DB [-c SQL] [--host H --port P]: psql to one database with your token',
+    run: async (args) => (await import('./psql.ts')).connectCommand(args),
+  },
+  tunnel: {
+    summary: 'a 127.0.0.1 listener for GUI clients (no password needed): gprxy tunnel --port 15432',
+    run: async (args) => (await import('./tunnel.ts')).tunnelCommand(args),
+  },
   secret: {
     summary:
       'gprxy secret keygen | encrypt: make a master key, or an enc: value from stdin (GPRXY_MASTER_KEY)',

@@ -16,7 +16,12 @@ export interface DevState {
   configPath: string;
   pg: EmbeddedPg;
   demo: { user: string; password: string; database: string };
+  /** The SSO mapping's service-account logins: each a LOGIN role whose password file sits in the state dir. */
+  sso: { dba: string; analyst: string };
 }
+
+/** Demo SSO roles: alice (group dba) gets broad, superuser-free rights; bob (group analyst) reads demo. */
+export const SSO_ROLES = { dba: 'sso_dba', analyst: 'sso_analyst' } as const;
 
 export function defaultStateDir(): string {
   return join(homedir(), '.gprxy', 'dev');
@@ -71,6 +76,10 @@ export async function prepareDev(stateDir: string, onLog: (line: string) => void
   const demoPassword = persistentSecret(stateDir, 'demo.password');
   const pg = await startEmbeddedPostgres({ dataDir: pgDataDir(stateDir), password: superPassword, onLog });
   const demo = { user: 'demo', password: demoPassword, database: 'demo' };
+  const ssoVerifiers = {
+    dba: await makeScramVerifier(persistentSecret(stateDir, `${SSO_ROLES.dba}.password`)),
+    analyst: await makeScramVerifier(persistentSecret(stateDir, `${SSO_ROLES.analyst}.password`)),
+  };
   try {
     // The role's verifier is made here and given to both PostgreSQL and gprxy's auth file.
     const verifier = await makeScramVerifier(demoPassword);
@@ -80,6 +89,24 @@ export async function prepareDev(stateDir: string, onLog: (line: string) => void
        END $$`,
       `ALTER ROLE demo PASSWORD ${literal(verifier)}`,
       'CREATE DATABASE demo OWNER demo',
+      ...Object.values(SSO_ROLES).map(
+        (r) => `DO $$ BEGIN
+           IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '${r}') THEN CREATE ROLE ${r} LOGIN; END IF;
+         END $$`,
+      ),
+      `ALTER ROLE ${SSO_ROLES.dba} PASSWORD ${literal(ssoVerifiers.dba)} NOSUPERUSER CREATEDB NOCREATEROLE NOBYPASSRLS`,
+      `ALTER ROLE ${SSO_ROLES.analyst} PASSWORD ${literal(ssoVerifiers.analyst)} NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS`,
+      // dba: reads and writes everything, monitors and signals backends, owns what demo owns (DDL on demo).
+      `GRANT pg_read_all_data, pg_write_all_data, pg_monitor, pg_signal_backend TO ${SSO_ROLES.dba}`,
+      `GRANT demo TO ${SSO_ROLES.dba}`,
+      `GRANT ALL ON DATABASE demo TO ${SSO_ROLES.dba}`,
+      `GRANT CONNECT ON DATABASE demo TO ${SSO_ROLES.analyst}`,
+    ]);
+    // analyst: read-only on demo's public schema, including tables demo creates later.
+    await adminSql(pg, 'demo', [
+      `GRANT USAGE ON SCHEMA public TO ${SSO_ROLES.analyst}`,
+      `GRANT SELECT ON ALL TABLES IN SCHEMA public TO ${SSO_ROLES.analyst}`,
+      `ALTER DEFAULT PRIVILEGES FOR ROLE demo IN SCHEMA public GRANT SELECT ON TABLES TO ${SSO_ROLES.analyst}`,
     ]);
     writeFileSync(join(stateDir, 'userlist.txt'), `${userlistLine(demo.user, verifier)}\n`, { mode: 0o600 });
   } catch (e) {
@@ -87,15 +114,43 @@ export async function prepareDev(stateDir: string, onLog: (line: string) => void
     throw e;
   }
   const configPath = join(stateDir, 'gprxy.yaml');
-  return { stateDir, configPath, pg, demo };
+  return { stateDir, configPath, pg, demo, sso: { ...SSO_ROLES } };
 }
 
-/** The gprxy config for the dev setup (listen port chosen by the caller). */
-export function devConfig(state: DevState, port: number): Record<string, unknown> {
+export const DEV_HBA = [
+  '# Written by `gprxy dev`: the demo login with its password, everyone else with an SSO token.',
+  'host demo demo 127.0.0.1/32 scram-sha-256',
+  'host all all 127.0.0.1/32 oidc',
+  '',
+].join('\n');
+
+/** The gprxy config for the dev setup (listen port chosen by the caller; SSO when a local issuer runs). */
+export function devConfig(state: DevState, port: number, issuer?: string): Record<string, unknown> {
+  const sso = issuer
+    ? {
+        auth: { type: 'scram-sha-256', file: 'userlist.txt', hba: 'gprxy_hba.conf' },
+        sso: {
+          providers: [
+            { name: 'dev', issuer, audience: 'gprxy', identity_claim: 'email', groups_claim: 'groups' },
+          ],
+          mapping: [
+            { match: { group: 'dba' }, role: state.sso.dba, databases: ['*'] },
+            { match: { group: 'analyst' }, role: state.sso.analyst, databases: [state.demo.database] },
+          ],
+          backend: 'service_account',
+          // Tokens over plain TCP from loopback only: gprxy dev listens on 127.0.0.1 without TLS.
+          allow_loopback_plain: true,
+        },
+        users: {
+          [state.sso.dba]: { password: `file:${state.sso.dba}.password` },
+          [state.sso.analyst]: { password: `file:${state.sso.analyst}.password` },
+        },
+      }
+    : { auth: { type: 'scram-sha-256', file: 'userlist.txt' } };
   return {
     listen: { host: '127.0.0.1', port },
     log_level: 'info',
-    auth: { type: 'scram-sha-256', file: 'userlist.txt' },
+    ...sso,
     server_tls: { sslmode: 'disable' },
     databases: {
       '*': { host: state.pg.host, port: state.pg.port },
@@ -105,8 +160,9 @@ export function devConfig(state: DevState, port: number): Record<string, unknown
   };
 }
 
-export function writeDevConfig(state: DevState, port: number): void {
+export function writeDevConfig(state: DevState, port: number, issuer?: string): void {
   const header =
     '# Written by `gprxy dev` on each start; edit a copy and use `gprxy start --config` for your own setup.\n';
-  writeFileSync(state.configPath, header + stringify(devConfig(state, port)), { mode: 0o600 });
+  if (issuer) writeFileSync(join(state.stateDir, 'gprxy_hba.conf'), DEV_HBA, { mode: 0o600 });
+  writeFileSync(state.configPath, header + stringify(devConfig(state, port, issuer)), { mode: 0o600 });
 }

@@ -1,5 +1,6 @@
-// `gprxy dev` end to end: a real process starts embedded PostgreSQL + gprxy, prints a working URL, stops on
-// Ctrl-C (SIGINT), and a second run reuses the data.
+// `gprxy dev` end to end: a real process starts embedded PostgreSQL + a local OIDC issuer + gprxy, prints a
+// working URL and the SSO login command (which works, offline), stops on Ctrl-C (SIGINT), and a second run reuses
+// the data.
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { chmodSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
@@ -7,15 +8,27 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import pg from 'pg';
+import { run } from '../support/harness.ts';
 
 const stateDir = mkdtempSync(join(tmpdir(), 'gprxy-devtest-'));
 chmodSync(stateDir, 0o755);
 after(() => rmSync(stateDir, { recursive: true, force: true }));
 
-async function startDev(): Promise<{ child: ChildProcess; url: string }> {
+async function startDev(): Promise<{ child: ChildProcess; url: string; login: string[] }> {
   const child = spawn(
     process.execPath,
-    ['bin/gprxy.js', 'dev', '--state-dir', stateDir, '--port', '0', '--log-level', 'warn'],
+    [
+      'bin/gprxy.js',
+      'dev',
+      '--state-dir',
+      stateDir,
+      '--port',
+      '0',
+      '--log-level',
+      'warn',
+      '--auto-approve',
+      'alice@example.com',
+    ],
     {
       stdio: ['ignore', 'pipe', 'pipe'],
     },
@@ -30,14 +43,15 @@ async function startDev(): Promise<{ child: ChildProcess; url: string }> {
     child.stdout?.on('data', (d: Buffer) => {
       out += d.toString();
       const m = /psql "([^"]+)"/.exec(out);
-      if (m) {
+      if (m && out.includes('Press Ctrl-C')) {
         clearTimeout(timer);
         resolve(m[1]!);
       }
     });
     child.once('exit', (code) => reject(new Error(`gprxy dev exited with ${code}: ${out} ${err}`)));
   });
-  return { child, url };
+  const login = /gprxy (login --device .*)$/m.exec(out)?.[1]?.split(' ') ?? [];
+  return { child, url, login };
 }
 
 /** Ctrl-C: the process exits by itself (0, or 130 as a SIGINT-ended process) and PostgreSQL is stopped with it. */
@@ -58,6 +72,30 @@ test('gprxy dev serves a demo database, stops on SIGINT, and keeps its data', as
   await c.query('CREATE TABLE kept (v text)');
   await c.query("INSERT INTO kept VALUES ('from the first run')");
   await c.end();
+
+  // SSO as printed: `gprxy login --device ...` (auto-approved as alice), then her token logs in as sso_dba.
+  assert.match(
+    first.login.join(' '),
+    /^login --device --issuer http:\/\/127\.0\.0\.1:\d+ --client-id gprxy-cli/,
+  );
+  const home = join(stateDir, 'cli-home');
+  const env = { GPRXY_HOME: home };
+  const login = await run(process.execPath, ['bin/gprxy.js', ...first.login], env);
+  assert.equal(login.code, 0, login.stderr);
+  assert.match(login.stdout, /Logged in as alice@example\.com/);
+  const token = (await run(process.execPath, ['bin/gprxy.js', 'token'], env)).stdout.trim();
+  const port = Number(new URL(first.url).port);
+  const sso = new pg.Client({
+    host: '127.0.0.1',
+    port,
+    user: 'alice@example.com',
+    password: token,
+    database: 'demo',
+  });
+  await sso.connect();
+  const who = await sso.query("SELECT current_user AS u, current_setting('gprxy.identity') AS id");
+  assert.deepEqual(who.rows[0], { u: 'sso_dba', id: 'alice@example.com' });
+  await sso.end();
   await stop(first.child);
 
   const second = await startDev();
