@@ -39,6 +39,53 @@ export interface ServerLeaseEvent {
   leaseMs: number;
 }
 
+/** A client finished logging in: who it is, for every later record of the session. */
+export interface SessionStartEvent {
+  session: number;
+  database: string;
+  user: string;
+  /** The person (SSO identity) or the database user. */
+  identity: string;
+  method: string;
+  /** The login the session's servers use. */
+  backendRole: string;
+  clientAddress: string;
+  applicationName: string;
+  tls: boolean;
+}
+
+export interface SessionEndEvent {
+  session: number;
+  reason: string;
+  durationMs: number;
+}
+
+/** One statement: a simple Query (all its statements), an extended Execute, or a COPY. */
+export interface QueryEvent {
+  session: number;
+  sql: string;
+  kind: 'simple' | 'extended';
+  /** Bind parameters (text) when audit.log_parameters is on. */
+  params?: (string | null)[];
+  startedAt: number;
+  durationMs: number;
+  rows: number | null;
+  copy?: 'in' | 'out';
+  /** undefined: ok. */
+  sqlstate?: string;
+  message?: string;
+}
+
+export interface PinEvent {
+  session: number;
+  reason: string;
+}
+
+export interface TokenExpiredEvent {
+  session: number;
+  action: 'disconnect' | 'keep';
+}
+
 /** A typed channel: `publish` only accepts its message type. */
 export interface TypedChannel<T> {
   readonly name: string;
@@ -55,6 +102,11 @@ export interface ProxyEvents {
   readonly cancel: TypedChannel<CancelEvent>;
   readonly serverWait: TypedChannel<ServerWaitEvent>;
   readonly serverLease: TypedChannel<ServerLeaseEvent>;
+  readonly sessionStart: TypedChannel<SessionStartEvent>;
+  readonly sessionEnd: TypedChannel<SessionEndEvent>;
+  readonly query: TypedChannel<QueryEvent>;
+  readonly pin: TypedChannel<PinEvent>;
+  readonly tokenExpired: TypedChannel<TokenExpiredEvent>;
 }
 
 let nextInstance = 1;
@@ -86,5 +138,10 @@ export function createEvents(): ProxyEvents {
     cancel: typed(n('cancel')),
     serverWait: typed(n('server:wait')),
     serverLease: typed(n('server:lease')),
+    sessionStart: typed(n('session:start')),
+    sessionEnd: typed(n('session:end')),
+    query: typed(n('query')),
+    pin: typed(n('pin')),
+    tokenExpired: typed(n('token:expired')),
   };
 }

@@ -1,6 +1,8 @@
 // Composition root: builds the proxy from a Config (listener, sessions, pools, cancel routing, secrets) and
 // offers reload and shutdown. The only place that wires modules together.
 import { readFileSync } from 'node:fs';
+import { type Audit, startAudit } from './audit/audit.ts';
+import { JsonLinesSink, PostgresSink } from './audit/sinks.ts';
 import { type HbaRule, parseHba } from './auth/hba.ts';
 import { LoginLimiter, StartupRate } from './auth/limits.ts';
 import { parseUserlist, type Secret } from './auth/verifiers.ts';
@@ -97,6 +99,45 @@ export async function startProxy(
   const sessions = new Set<ClientSession>();
   const cancels = new CancelRegistry();
   const events = createEvents();
+  // The audit trail subscribes to the events; its PostgreSQL sink logs in through the same dialer as pools.
+  const audit: Audit | undefined = config.audit.sinks.length
+    ? startAudit(
+        events,
+        config.audit.sinks.map((s) => {
+          if (s.type === 'stdout') return new JsonLinesSink(undefined);
+          if (s.type === 'file') return new JsonLinesSink(s.path, s.max_size, s.keep);
+          return new PostgresSink(() => {
+            const c = config;
+            const db = findDatabase(c, s.database);
+            if (!db) return Promise.reject(new Error(`audit database ${s.database} is not configured`));
+            return ServerConnection.connect(
+              {
+                host: db.host,
+                port: db.port,
+                tls: db.server_tls ?? c.server_tls,
+                connectTimeoutMs: poolSettings(c, s.database, s.user).server_connect_timeout,
+                database: db.dbname ?? s.database,
+                user: s.user,
+                credential: backendCredential(ctx, s.user),
+              },
+              dialServer,
+            );
+          }, s.table);
+        }),
+        {
+          maxStatementLength: config.audit.max_statement_length,
+          logParameters: config.audit.log_parameters,
+          maxParameterLength: config.audit.max_parameter_length,
+          queueSize: config.audit.queue_size,
+          onOverflow: config.audit.on_overflow,
+        },
+        (sink, err) =>
+          log.warn(
+            { event: 'audit_sink_failed', sink, reason: err.message },
+            'audit sink failed; records kept',
+          ),
+      )
+    : undefined;
   const pools = new PoolRegistry<ServerConnection>(
     Date.now,
     (key, err) =>
@@ -325,6 +366,8 @@ export async function startProxy(
     pools.shutdown();
     for (const p of pools.all()) p.closeIdle('shutdown');
     await ops.close();
+    // Everything queued for the audit trail is written before we go.
+    await audit?.close();
     log.info({ event: 'stopped' }, 'gprxy stopped');
   }
 }

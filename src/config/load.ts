@@ -75,6 +75,7 @@ export function parseConfig(raw: unknown, opts: { env: Env; baseDir: string; sou
   const abs = (p: string | undefined) => (p === undefined || isAbsolute(p) ? p : resolve(opts.baseDir, p));
   if (c.auth.file !== undefined) c.auth.file = abs(c.auth.file);
   if (c.auth.hba !== undefined) c.auth.hba = abs(c.auth.hba);
+  for (const sink of c.audit.sinks) if (sink.type === 'file') sink.path = abs(sink.path)!;
   if (c.auth.query !== undefined && c.auth.user === undefined) {
     throw new ConfigError(
       `invalid config ${opts.source}: auth.user: needed with auth.query (the login it runs as)`,

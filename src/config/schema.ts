@@ -195,6 +195,39 @@ export const configSchema = z.strictObject({
       jwks_refresh_cooldown: duration.prefault(30),
     })
     .prefault({}),
+  audit: z
+    .strictObject({
+      sinks: z
+        .array(
+          z.discriminatedUnion('type', [
+            z.strictObject({
+              type: z.literal('file'),
+              path: z.string(),
+              max_size: z
+                .number()
+                .int()
+                .positive()
+                .default(100 * 1024 * 1024),
+              keep: z.number().int().min(1).default(5),
+            }),
+            z.strictObject({ type: z.literal('stdout') }),
+            z.strictObject({
+              type: z.literal('postgres'),
+              /** A database entry; the sink logs in as `user` (password from users.<name>.password). */
+              database: z.string(),
+              user: z.string(),
+              table: z.string().default('gprxy_audit'),
+            }),
+          ]),
+        )
+        .default([]),
+      max_statement_length: z.number().int().positive().default(4096),
+      log_parameters: z.boolean().default(false),
+      max_parameter_length: z.number().int().positive().default(256),
+      queue_size: z.number().int().positive().default(10_000),
+      on_overflow: z.enum(['block', 'drop']).default('drop'),
+    })
+    .prefault({}),
   databases: z.record(z.string(), database).default({}),
   users: z.record(z.string(), user).default({}),
   ...poolSettingsShape,

@@ -1,0 +1,142 @@
+// The audit trail: subscribes to the proxy's events and turns them into one record per statement (and per
+// connect, login failure, disconnect, pin, token expiry, cancel), carrying who did it; queued per sink.
+import type { ProxyEvents, QueryEvent, SessionStartEvent } from '../events.ts';
+import { AuditQueue, type AuditSink, type OverflowPolicy } from './queue.ts';
+
+export interface AuditOptions {
+  maxStatementLength: number;
+  logParameters: boolean;
+  maxParameterLength: number;
+  queueSize: number;
+  onOverflow: OverflowPolicy;
+}
+
+export interface Audit {
+  /** Records waiting in the fullest sink queue. */
+  depth(): number;
+  dropped(): number;
+  /** Policy block: resolves when every queue has room (sessions hold client reads until then). */
+  room(): Promise<void>;
+  readonly blocking: boolean;
+  full(): boolean;
+  close(): Promise<void>;
+}
+
+function truncate(s: string, max: number): string {
+  return s.length > max ? `${s.slice(0, max)}…` : s;
+}
+
+export function startAudit(
+  events: ProxyEvents,
+  sinks: readonly AuditSink[],
+  opts: AuditOptions,
+  onSinkError: (sink: string, err: Error) => void,
+): Audit {
+  const queues = sinks.map((s) => new AuditQueue(s, opts.queueSize, opts.onOverflow, onSinkError));
+  const sessions = new Map<number, SessionStartEvent>();
+  const push = (r: Record<string, unknown>) => {
+    for (const q of queues) q.push(r);
+  };
+  const who = (session: number) => {
+    const s = sessions.get(session);
+    return {
+      session,
+      identity: s?.identity ?? null,
+      auth_method: s?.method ?? null,
+      database: s?.database ?? null,
+      backend_role: s?.backendRole ?? null,
+      client_addr: s?.clientAddress ?? null,
+      application_name: s?.applicationName ?? null,
+    };
+  };
+  const ts = () => new Date().toISOString();
+
+  const onStart = (e: SessionStartEvent) => {
+    sessions.set(e.session, e);
+    push({
+      ts: ts(),
+      event: 'login',
+      ...who(e.session),
+      outcome: 'ok',
+      detail: { tls: e.tls, user: e.user },
+    });
+  };
+  const onEnd = (e: { session: number; reason: string; durationMs: number }) => {
+    push({
+      ts: ts(),
+      event: 'disconnect',
+      ...who(e.session),
+      duration_ms: e.durationMs,
+      detail: { reason: e.reason },
+    });
+    sessions.delete(e.session);
+  };
+  const onQuery = (e: QueryEvent) => {
+    const detail: Record<string, unknown> = { kind: e.kind };
+    if (e.copy) detail.copy = e.copy;
+    if (opts.logParameters && e.params) {
+      detail.params = e.params.map((p) => (p === null ? null : truncate(p, opts.maxParameterLength)));
+    }
+    push({
+      ts: new Date(e.startedAt).toISOString(),
+      event: 'query',
+      ...who(e.session),
+      statement: truncate(e.sql, opts.maxStatementLength),
+      duration_ms: Math.round(e.durationMs * 1000) / 1000,
+      rows: e.rows,
+      outcome: e.sqlstate ? 'error' : 'ok',
+      sqlstate: e.sqlstate ?? null,
+      detail: e.message ? { ...detail, message: truncate(e.message, 1024) } : detail,
+    });
+  };
+  const onFailed = (e: {
+    session: number;
+    database: string;
+    user: string;
+    sqlstate: string;
+    reason: string;
+  }) => {
+    push({
+      ts: ts(),
+      event: 'login_failed',
+      session: e.session,
+      identity: e.user,
+      database: e.database,
+      outcome: 'error',
+      sqlstate: e.sqlstate,
+      detail: { reason: e.reason },
+    });
+  };
+  const onPin = (e: { session: number; reason: string }) =>
+    push({ ts: ts(), event: 'pin', ...who(e.session), detail: { reason: e.reason } });
+  const onExpired = (e: { session: number; action: string }) =>
+    push({ ts: ts(), event: 'token_expired', ...who(e.session), detail: { action: e.action } });
+  const onCancel = (e: { matched: boolean }) =>
+    push({ ts: ts(), event: 'cancel', detail: { matched: e.matched } });
+
+  events.sessionStart.subscribe(onStart);
+  events.sessionEnd.subscribe(onEnd);
+  events.query.subscribe(onQuery);
+  events.clientLoginFailed.subscribe(onFailed);
+  events.pin.subscribe(onPin);
+  events.tokenExpired.subscribe(onExpired);
+  events.cancel.subscribe(onCancel);
+
+  return {
+    depth: () => Math.max(0, ...queues.map((q) => q.depth)),
+    dropped: () => queues.reduce((n, q) => n + q.dropped, 0),
+    blocking: opts.onOverflow === 'block',
+    full: () => queues.some((q) => q.full),
+    room: () => Promise.all(queues.map((q) => q.room())).then(() => undefined),
+    async close() {
+      events.sessionStart.unsubscribe(onStart);
+      events.sessionEnd.unsubscribe(onEnd);
+      events.query.unsubscribe(onQuery);
+      events.clientLoginFailed.unsubscribe(onFailed);
+      events.pin.unsubscribe(onPin);
+      events.tokenExpired.unsubscribe(onExpired);
+      events.cancel.unsubscribe(onCancel);
+      await Promise.all(queues.map((q) => q.close()));
+    },
+  };
+}

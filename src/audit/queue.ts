@@ -1,0 +1,93 @@
+// The bounded queue between the proxy and one audit sink: records wait here while the sink writes them in batches
+// (a sink that is down keeps its records and retries); when full, `drop` counts and discards new records, `block`
+// tells the caller to hold client reads until there is room.
+
+export type OverflowPolicy = 'block' | 'drop';
+
+export interface AuditSink {
+  readonly name: string;
+  /** Writes a batch; rejects to have the same batch retried later (records are kept). */
+  write(records: readonly object[]): Promise<void>;
+  close(): Promise<void>;
+}
+
+export class AuditQueue {
+  private readonly items: object[] = [];
+  private flushing: Promise<void> | null = null;
+  private waiters: (() => void)[] = [];
+  dropped = 0;
+  written = 0;
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    readonly sink: AuditSink,
+    private readonly capacity: number,
+    readonly policy: OverflowPolicy,
+    private readonly onSinkError: (sink: string, err: Error) => void,
+    private readonly batchSize = 500,
+    retryMs = 1000,
+  ) {
+    this.timer = setInterval(() => void this.flush(), retryMs);
+    this.timer.unref();
+  }
+
+  get depth(): number {
+    return this.items.length;
+  }
+
+  get full(): boolean {
+    return this.items.length >= this.capacity;
+  }
+
+  /** Adds a record; false when it was dropped (policy drop, queue full). */
+  push(record: object): boolean {
+    if (this.full && this.policy === 'drop') {
+      this.dropped++;
+      return false;
+    }
+    this.items.push(record);
+    if (!this.flushing) queueMicrotask(() => void this.flush());
+    return true;
+  }
+
+  /** Resolves when there is room again (policy block: the session pauses its client until then). */
+  room(): Promise<void> {
+    if (!this.full) return Promise.resolve();
+    return new Promise((res) => this.waiters.push(res));
+  }
+
+  /** Writes what is queued, batch by batch, to every sink; a failing sink keeps the batch for the next try. */
+  flush(): Promise<void> {
+    this.flushing ??= (async () => {
+      try {
+        while (this.items.length > 0) {
+          const batch = this.items.slice(0, this.batchSize);
+          try {
+            await this.sink.write(batch);
+          } catch (e) {
+            this.onSinkError(this.sink.name, e as Error);
+            return; // kept, retried by the timer
+          }
+          this.items.splice(0, batch.length);
+          this.written += batch.length;
+          if (!this.full) for (const w of this.waiters.splice(0)) w();
+        }
+      } finally {
+        this.flushing = null;
+      }
+    })();
+    return this.flushing;
+  }
+
+  /** Graceful shutdown: everything queued is written (or the deadline passes), then sinks close. */
+  async close(deadlineMs = 10_000): Promise<void> {
+    clearInterval(this.timer);
+    const end = Date.now() + deadlineMs;
+    while (this.items.length > 0 && Date.now() < end) {
+      await this.flush();
+      if (this.items.length > 0) await new Promise((r) => setTimeout(r, 200));
+    }
+    await this.sink.close().catch(() => undefined);
+    for (const w of this.waiters.splice(0)) w();
+  }
+}

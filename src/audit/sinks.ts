@@ -1,0 +1,147 @@
+// Audit sinks: JSON lines to stdout or a file (size-based rotation), and a PostgreSQL table (created if missing,
+// batched multi-row INSERTs with bind parameters over a dedicated connection, reconnecting after failures).
+import { appendFile, rename, stat } from 'node:fs/promises';
+import type { AuditSink } from './queue.ts';
+
+export class JsonLinesSink implements AuditSink {
+  readonly name: string;
+  private size = -1;
+
+  constructor(
+    /** A file path, or undefined for stdout. */
+    private readonly path: string | undefined,
+    private readonly maxBytes = 100 * 1024 * 1024,
+    private readonly keep = 5,
+  ) {
+    this.name = path ? `file:${path}` : 'stdout';
+  }
+
+  async write(records: readonly object[]): Promise<void> {
+    const text = `${records.map((r) => JSON.stringify(r)).join('\n')}\n`;
+    if (!this.path) {
+      process.stdout.write(text);
+      return;
+    }
+    if (this.size < 0)
+      this.size = await stat(this.path).then(
+        (s) => s.size,
+        () => 0,
+      );
+    if (this.size > 0 && this.size + text.length > this.maxBytes) await this.rotate();
+    await appendFile(this.path, text, { mode: 0o640 });
+    this.size += Buffer.byteLength(text);
+  }
+
+  /** audit.jsonl -> audit.jsonl.1 -> ... -> audit.jsonl.<keep> (the oldest is overwritten). */
+  private async rotate(): Promise<void> {
+    const p = this.path!;
+    for (let i = this.keep - 1; i >= 1; i--)
+      await rename(`${p}.${i}`, `${p}.${i + 1}`).catch(() => undefined);
+    await rename(p, `${p}.1`).catch(() => undefined);
+    this.size = 0;
+  }
+
+  async close(): Promise<void> {}
+}
+
+/** What the PostgreSQL sink needs from a server connection. */
+export interface SqlConnection {
+  readonly closed: boolean;
+  queryRows(sql: string, params: readonly (string | null)[]): Promise<{ rows: (string | null)[][] } | Error>;
+  close(reason: string): void;
+}
+
+export const AUDIT_COLUMNS = [
+  'ts',
+  'event',
+  'session',
+  'identity',
+  'auth_method',
+  'database',
+  'backend_role',
+  'client_addr',
+  'application_name',
+  'statement',
+  'duration_ms',
+  'rows',
+  'outcome',
+  'sqlstate',
+  'detail',
+] as const;
+
+const IDENT = /^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$/;
+
+export class PostgresSink implements AuditSink {
+  readonly name: string;
+  private conn: SqlConnection | null = null;
+  private ready = false;
+
+  constructor(
+    private readonly connect: () => Promise<SqlConnection>,
+    private readonly table: string,
+  ) {
+    if (!IDENT.test(table)) throw new Error(`audit table name "${table}" is not a plain identifier`);
+    this.name = `postgres:${table}`;
+  }
+
+  private async connection(): Promise<SqlConnection> {
+    if (this.conn && !this.conn.closed) return this.conn;
+    this.ready = false;
+    this.conn = await this.connect();
+    return this.conn;
+  }
+
+  private async run(c: SqlConnection, sql: string, params: (string | null)[]): Promise<void> {
+    const r = await c.queryRows(sql, params);
+    if (r instanceof Error) {
+      if ((r as Error & { fatal?: boolean }).fatal) c.close('audit sink error');
+      throw r;
+    }
+  }
+
+  async write(records: readonly object[]): Promise<void> {
+    let c: SqlConnection;
+    try {
+      c = await this.connection();
+    } catch (e) {
+      throw new Error(`audit table unreachable: ${(e as Error).message}`);
+    }
+    if (!this.ready) {
+      await this.run(
+        c,
+        `CREATE TABLE IF NOT EXISTS ${this.table} (
+           ts timestamptz NOT NULL, event text NOT NULL, session bigint, identity text, auth_method text,
+           database text, backend_role text, client_addr text, application_name text, statement text,
+           duration_ms double precision, rows bigint, outcome text, sqlstate text, detail jsonb)`,
+        [],
+      );
+      this.ready = true;
+    }
+    // One INSERT per batch, every value a bind parameter (no record text is ever spliced into SQL).
+    const n = AUDIT_COLUMNS.length;
+    const values: string[] = [];
+    const params: (string | null)[] = [];
+    for (const r of records as Record<string, unknown>[]) {
+      const row: string[] = [];
+      for (let i = 0; i < n; i++) {
+        const col = AUDIT_COLUMNS[i]!;
+        const v = r[col];
+        params.push(
+          v === undefined || v === null ? null : typeof v === 'object' ? JSON.stringify(v) : String(v),
+        );
+        row.push(`$${params.length}`);
+      }
+      values.push(`(${row.join(', ')})`);
+    }
+    await this.run(
+      c,
+      `INSERT INTO ${this.table} (${AUDIT_COLUMNS.join(', ')}) VALUES ${values.join(', ')}`,
+      params,
+    );
+  }
+
+  async close(): Promise<void> {
+    this.conn?.close('audit closed');
+    this.conn = null;
+  }
+}
