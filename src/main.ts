@@ -219,6 +219,7 @@ export async function startProxy(
       return q.lookup(user);
     },
     hba: () => hba,
+    ...(audit ? { audit } : {}),
     keys: () => keyResolvers,
     limiter: () => limiter,
     pools,

@@ -36,6 +36,8 @@ export interface ProxyContext {
   mockKey: Buffer;
   /** Live client sessions, for max_client_conn and shutdown. */
   clientCount(): number;
+  /** The audit trail when configured: with on_overflow block, a full queue holds client reads. */
+  audit?: { readonly blocking: boolean; full(): boolean; room(): Promise<void> };
   /** Pins by reason since start (transaction mode). */
   pins: Map<string, number>;
   /** True while draining for shutdown: new logins are refused. */

@@ -22,6 +22,8 @@ export interface EmbeddedPgOptions {
   /** Extra `-c name=value` settings. */
   settings?: Record<string, string | number>;
   onLog?: (line: string) => void;
+  /** Restart on a known port (default: a free one). */
+  port?: number;
 }
 
 /** A free TCP port on 127.0.0.1, read back from the kernel (never a fixed number). */
@@ -54,7 +56,7 @@ export function reachableByOthers(dir: string): boolean {
 
 export async function startEmbeddedPostgres(opts: EmbeddedPgOptions): Promise<EmbeddedPg> {
   const superuser = opts.superuser ?? 'postgres';
-  const port = await freePort();
+  const port = opts.port ?? (await freePort());
   const settings: Record<string, string | number> = {
     listen_addresses: '127.0.0.1',
     unix_socket_directories: '',

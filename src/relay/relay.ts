@@ -3,6 +3,7 @@
 import { PgError } from '../protocol/errors.ts';
 import { Scan, type ScanHandler, StreamScanner, scanPolicy } from '../protocol/framer.ts';
 import type { ServerConnection, ServerSink } from '../server/connection.ts';
+import { type QueryTracker, trackClientMessage, trackServerMessage } from './query-tracker.ts';
 
 /** The client side as the relay sees it; the session owns the socket. */
 export interface ClientIO {
@@ -40,16 +41,44 @@ const CLIENT_POLICY = scanPolicy({
   C: Scan.NOTE,
 });
 
+/** With an audit tracker: the statements' text (Q, P, B, E) is read too, and the server's replies to them. */
+const AUDIT_CLIENT_POLICY = scanPolicy({
+  X: Scan.INSPECT,
+  Q: Scan.INSPECT,
+  S: Scan.NOTE,
+  F: Scan.NOTE,
+  P: Scan.INSPECT,
+  B: Scan.INSPECT,
+  E: Scan.INSPECT,
+  D: Scan.NOTE,
+  C: Scan.NOTE,
+});
+
+/** Server replies the tracker needs: CommandComplete, COPY direction, PortalSuspended, EmptyQueryResponse. */
+export const AUDIT_SERVER_POLICY = scanPolicy({
+  C: Scan.INSPECT,
+  G: Scan.INSPECT,
+  H: Scan.INSPECT,
+  s: Scan.INSPECT,
+  I: Scan.INSPECT,
+});
+
 export class SessionRelay implements ScanHandler, ServerSink {
   private readonly scanner: StreamScanner;
   private ended = false;
+  readonly policy: Uint8Array | undefined;
 
   constructor(
     private readonly client: ClientIO,
     private readonly server: ServerConnection,
     private readonly events: RelayEvents,
+    private readonly tracker?: QueryTracker,
+    maxPacketSize = 1024 * 1024,
   ) {
-    this.scanner = new StreamScanner(CLIENT_POLICY, 1024, this);
+    this.scanner = tracker
+      ? new StreamScanner(AUDIT_CLIENT_POLICY, maxPacketSize, this)
+      : new StreamScanner(CLIENT_POLICY, 1024, this);
+    this.policy = tracker ? AUDIT_SERVER_POLICY : undefined;
     server.attach(this);
     server.onDrain = () => client.resume();
     client.onDrain = () => server.resume();
@@ -74,6 +103,7 @@ export class SessionRelay implements ScanHandler, ServerSink {
   // ScanHandler (client -> server)
   onNote(type: number): void {
     if (type === 0x53 /* S */) {
+      this.tracker?.sync();
       this.server.outstanding++;
       this.server.unsynced = false;
     } else if (type === 0x51 /* Q */ || type === 0x46 /* F */) {
@@ -85,7 +115,14 @@ export class SessionRelay implements ScanHandler, ServerSink {
     }
   }
 
-  onMessage(type: number): boolean {
+  onMessage(type: number, body: Buffer): boolean {
+    const t = this.tracker;
+    if (t && type !== 0x58) {
+      trackClientMessage(t, type, body);
+      if (type === 0x51 /* Q */) this.server.outstanding++;
+      else this.server.unsynced = true;
+      return false;
+    }
     if (type === 0x58 /* X */ && !this.ended) {
       // Whatever the client sent before Terminate in the same read still goes to the server.
       this.scanner.flushBefore();
@@ -107,6 +144,12 @@ export class SessionRelay implements ScanHandler, ServerSink {
 
   uncorkClient(): void {
     this.client.uncork();
+  }
+
+  /** Audit: the server's replies (the connection has already updated its own state). */
+  onServerMessage(type: number, body: Buffer): boolean {
+    if (this.tracker) trackServerMessage(this.tracker, type, body);
+    return false;
   }
 
   toClient(bytes: Buffer): void {

@@ -345,6 +345,9 @@ export class ServerConnection implements ScanHandler {
       this.txStatus = decodeReadyForQuery(body);
       if (this.outstanding > 0) this.outstanding--;
       this.inCopy = false;
+    } else if (type === B.CopyInResponse || type === B.CopyOutResponse || type === B.CopyBothResponse) {
+      // Inspected (not only noted) when a sink tracks COPY for the audit trail.
+      this.inCopy = true;
     } else if (type === B.ParameterStatus) {
       const [k, v] = decodeParameterStatus(body);
       this.params.set(k, v);
