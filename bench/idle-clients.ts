@@ -11,10 +11,13 @@
 //
 // Environment: BENCH_IDLE_CLIENTS (default 10000), BENCH_SECONDS (active pgbench run, default 10),
 // BENCH_IDLE_CONCURRENCY (logins in flight, default 200), BENCH_IDLE_SETTLE (seconds to wait before reading RSS,
-// default 5), BENCH_SCALE (default 10), BENCH_GPRXY_LOG, BENCH_KEEP=1, BENCH_NO_DOC=1 (as bench/pgbench.ts).
+// default 5), BENCH_SCALE (default 10), BENCH_GPRXY_LOG, BENCH_KEEP=1, BENCH_NO_DOC=1 (as bench/pgbench.ts),
+// BENCH_IDLE_HEAPSNAPSHOT=<dir>: gprxy runs with --heapsnapshot-signal=SIGUSR2 and writes a heap snapshot into <dir>
+// once the idle clients are open (after the RSS reading; open it in Chrome DevTools' Memory tab).
 import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import net from 'node:net';
+import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ScramClient } from '../src/auth/scram-client.ts';
 import { AuthCode, B, decodeAuthentication, decodeErrorFields } from '../src/protocol/backend.ts';
@@ -232,10 +235,26 @@ interface TargetFigures {
   loaded: PgbenchResult;
 }
 
+/** SIGUSR2 to a process started with --heapsnapshot-signal; resolves when the new snapshot file stops growing. */
+async function heapSnapshot(pid: number, dir: string): Promise<string | undefined> {
+  const before = new Set(readdirSync(dir));
+  process.kill(pid, 'SIGUSR2');
+  let last = -1;
+  for (let i = 0; i < 600; i++) {
+    await sleep(1000);
+    const file = readdirSync(dir).find((f) => f.endsWith('.heapsnapshot') && !before.has(f));
+    if (!file) continue;
+    const size = statSync(join(dir, file)).size;
+    if (size > 0 && size === last) return join(dir, file);
+    last = size;
+  }
+  return undefined;
+}
+
 async function measure(
   target: Target,
   password: string,
-  opts: { clients: number; seconds: number; concurrency: number; settle: number },
+  opts: { clients: number; seconds: number; concurrency: number; settle: number; snapshotDir?: string },
 ): Promise<TargetFigures> {
   const pid = target.pid!;
   const name = target.name;
@@ -262,6 +281,10 @@ async function measure(
   process.stdout.write(
     `# ${name}: RSS ${mib(idle.rss).toFixed(1)} MiB with ${sockets.length} idle clients (peak ${mib(idle.hwm).toFixed(1)} MiB)\n`,
   );
+  if (opts.snapshotDir && target.name === 'gprxy') {
+    const file = await heapSnapshot(pid, opts.snapshotDir);
+    process.stdout.write(`# ${name}: heap snapshot ${file ?? 'not written'}\n`);
+  }
   // Active clients while the idle ones stay open: pgbench, then a query on a sample of the idle connections.
   const loaded = await runPgbench(target, password, { clients: ACTIVE_CLIENTS, seconds: opts.seconds });
   process.stdout.write(
@@ -309,12 +332,31 @@ async function main(): Promise<number> {
   const root = makeRoot('gprxy-bench-idle-');
   const env = await startDatabase(root, scale);
   const maxClientConn = clients + 1000;
-  const gprxy = await startGprxy(env, { poolSize: POOL_SIZE, poolMode: 'transaction', maxClientConn });
+  const snapshotDir = process.env.BENCH_IDLE_HEAPSNAPSHOT
+    ? resolve(process.env.BENCH_IDLE_HEAPSNAPSHOT)
+    : undefined;
+  if (snapshotDir) mkdirSync(snapshotDir, { recursive: true });
+  const gprxy = await startGprxy(env, {
+    poolSize: POOL_SIZE,
+    poolMode: 'transaction',
+    maxClientConn,
+    ...(snapshotDir
+      ? { nodeFlags: ['--heapsnapshot-signal=SIGUSR2', `--diagnostic-dir=${snapshotDir}`] }
+      : {}),
+  });
   const bouncer = await startPgbouncer(env, { poolSize: POOL_SIZE, poolMode: 'transaction', maxClientConn });
   const targets: Target[] = [gprxy, ...(bouncer ? [bouncer] : [])];
   const figures: TargetFigures[] = [];
   for (const t of targets) {
-    figures.push(await measure(t, env.password, { clients, seconds, concurrency, settle }));
+    figures.push(
+      await measure(t, env.password, {
+        clients,
+        seconds,
+        concurrency,
+        settle,
+        ...(snapshotDir ? { snapshotDir } : {}),
+      }),
+    );
   }
 
   const rows: string[][] = [

@@ -18,6 +18,7 @@ import {
 } from '../protocol/backend.ts';
 import { PgError, toPgError } from '../protocol/errors.ts';
 import { type Frame, MAX_AUTH_MESSAGE, MessageFramer } from '../protocol/framer.ts';
+import { QueryTracker } from '../relay/query-tracker.ts';
 import { type ClientIO, SessionRelay } from '../relay/relay.ts';
 import { TransactionRelay } from '../relay/transaction.ts';
 import type { BackendCredential, ServerConnection } from '../server/connection.ts';
@@ -135,6 +136,8 @@ export class ClientSession implements ClientIO, AuthChannel {
       }
     } finally {
       clearTimeout(this.loginTimer);
+      // A cleared Timeout still holds its callback: let both go (10,000 idle clients keep 10,000 sessions).
+      this.loginTimer = undefined;
     }
   }
 
@@ -197,6 +200,7 @@ export class ClientSession implements ClientIO, AuthChannel {
     if (outcome.learned) this.ctx.learned.set(this.user, outcome.learned);
     this.send(encodeAuthOk());
     this.log.info({ event: 'login', method: outcome.method, tls: a.tls }, 'client authenticated');
+    this.loginMethod = outcome.method;
     const loginEv = this.ctx.events.clientLogin;
     if (loginEv.hasSubscribers) {
       loginEv.publish({ session: this.id, database: this.database, user: this.user, method: outcome.method });
@@ -230,11 +234,27 @@ export class ClientSession implements ClientIO, AuthChannel {
     this.queue(encodeReadyForQuery(server.txStatus));
     this.transition('active');
     clearTimeout(this.loginTimer);
-    this.relay = new SessionRelay(this, server, {
-      terminate: () => this.end('client sent Terminate'),
-      serverClosed: (error) => this.onServerClosed(error),
-      clientProtocolError: (error) => this.fail(error),
-    });
+    // Method shorthand, not arrow properties: tsx (esbuild keepNames) renames every arrow property with
+    // defineProperty, which turns each closure into a dictionary-mode object (~250 bytes more per session).
+    const session = this;
+    this.relay = new SessionRelay(
+      this,
+      server,
+      {
+        terminate() {
+          session.end('client sent Terminate');
+        },
+        serverClosed(error) {
+          session.onServerClosed(error);
+        },
+        clientProtocolError(error) {
+          session.fail(error);
+        },
+      },
+      this.queryTracker(),
+      this.ctx.config().max_packet_size,
+    );
+    this.publishStart();
     // Bytes the client sent behind its login (a first query pipelined after the password) wait in the login
     // framer: they go to the server now, after our ReadyForQuery has gone out.
     const pipelined = this.framer?.drain();
@@ -255,16 +275,26 @@ export class ClientSession implements ClientIO, AuthChannel {
     const st = pool.settings;
     const settings = startupSettingMap(this.settingParams(), this.forcedSettings());
     if (settings instanceof PgError) throw settings;
+    const session = this;
     const relay = new TransactionRelay(
       this,
+      // Method shorthand (see SessionRelay above): no per-session dictionary-mode closures.
       {
-        acquire: () => pool.acquire(),
-        released: () => undefined,
-        terminate: () => this.end('client sent Terminate'),
-        fail: (err) => this.fail(err),
-        pinned: (reason) => {
-          this.ctx.pins.set(reason, (this.ctx.pins.get(reason) ?? 0) + 1);
-          this.log.info({ event: 'pin', reason }, 'client pinned to its server');
+        acquire() {
+          return pool.acquire();
+        },
+        released() {},
+        terminate() {
+          session.end('client sent Terminate');
+        },
+        fail(err) {
+          session.fail(err);
+        },
+        pinned(reason) {
+          session.ctx.pins.set(reason, (session.ctx.pins.get(reason) ?? 0) + 1);
+          session.log.info({ event: 'pin', reason }, 'client pinned to its server');
+          const ev = session.ctx.events.pin;
+          if (ev.hasSubscribers) ev.publish({ session: session.id, reason });
         },
       },
       {
@@ -275,6 +305,7 @@ export class ClientSession implements ClientIO, AuthChannel {
       },
       new Map(),
       settings,
+      this.queryTracker(),
     );
     if (pool.welcome) {
       relay.primeFromCache(pool.welcome, this.accepted.startup.params);
@@ -291,6 +322,7 @@ export class ClientSession implements ClientIO, AuthChannel {
     this.transition('active');
     clearTimeout(this.loginTimer);
     this.txRelay = relay;
+    this.publishStart();
     const pipelined = this.framer?.drain();
     this.framer = null;
     this.flush();
@@ -328,6 +360,36 @@ export class ClientSession implements ClientIO, AuthChannel {
   }
 
   private hbaRule: HbaRule | undefined;
+  private started = false;
+  private loginMethod = '';
+
+  /** A statement tracker for the audit trail, only while someone subscribes to query events. */
+  private queryTracker(): QueryTracker | undefined {
+    const ch = this.ctx.events.query;
+    return ch.hasSubscribers
+      ? new QueryTracker(this.id, ch, this.ctx.config().audit.log_parameters)
+      : undefined;
+  }
+
+  /** The session is up: who it is, for every record that follows. */
+  private publishStart(): void {
+    this.started = true;
+    const ev = this.ctx.events.sessionStart;
+    if (!ev.hasSubscribers) return;
+    const forced = this.forcedSettings();
+    ev.publish({
+      session: this.id,
+      database: this.database,
+      user: this.user,
+      identity: this.sso?.identity.name ?? this.user,
+      method: this.loginMethod,
+      backendRole: this.sso?.role ?? findDatabase(this.ctx.config(), this.database)?.user ?? this.user,
+      clientAddress: this.accepted.remoteAddress,
+      applicationName:
+        forced.get('application_name') ?? this.accepted.startup.params.get('application_name') ?? '',
+      tls: this.accepted.tls,
+    });
+  }
   /** Set when the client logged in with an SSO token. */
   private sso: SsoLogin | undefined;
   private expiryTimer: NodeJS.Timeout | undefined;
@@ -359,6 +421,8 @@ export class ClientSession implements ClientIO, AuthChannel {
           { event: 'token_expired', action: disconnect ? 'disconnect' : 'keep' },
           'SSO token expired',
         );
+        const ev = this.ctx.events.tokenExpired;
+        if (ev.hasSubscribers) ev.publish({ session: this.id, action: disconnect ? 'disconnect' : 'keep' });
         if (disconnect) {
           this.fail(
             new PgError(
@@ -565,6 +629,12 @@ export class ClientSession implements ClientIO, AuthChannel {
   // ---- inbound -----------------------------------------------------------------------------------------------
 
   private onData(chunk: Buffer): void {
+    // audit.on_overflow: block holds this client's reads (never the event loop) until the audit queue has room.
+    const audit = this.ctx.audit;
+    if (audit?.blocking && audit.full() && this.state === 'active') {
+      this.socket.pause();
+      void audit.room().then(() => this.socket.resume());
+    }
     if (this.relay) {
       this.relay.fromClient(chunk);
       return;
@@ -626,6 +696,10 @@ export class ClientSession implements ClientIO, AuthChannel {
     this.transition('closing');
     clearTimeout(this.loginTimer);
     clearTimeout(this.expiryTimer);
+    const endEv = this.ctx.events.sessionEnd;
+    if (this.started && endEv.hasSubscribers) {
+      endEv.publish({ session: this.id, reason, durationMs: Date.now() - this.connectedAt });
+    }
     const w = this.frameWaiter;
     this.frameWaiter = null;
     w?.reject(new PgError('FATAL', '08006', 'client went away', { code: 'GPRXY_CLIENT_GONE' }));

@@ -85,32 +85,56 @@ function verifyClientCertificate(secure: tls.TLSSocket): boolean {
   return true;
 }
 
+/**
+ * What the raw socket's listeners for its whole life need, apart from negotiate()'s closures: once the session
+ * owns the socket, the negotiation (framer, timer, handlers) can be collected instead of staying reachable from
+ * these listeners for as long as the client stays connected (a few KB per idle client).
+ */
+interface RawGuard {
+  /** The socket the client speaks on: the raw one, or the TLSSocket wrapping it. */
+  socket: ClientSocket;
+  finished: boolean;
+  timer: NodeJS.Timeout | undefined;
+}
+
+function guardRaw(raw: net.Socket): RawGuard {
+  const g: RawGuard = { socket: raw, finished: false, timer: undefined };
+  // Errors on the plain socket (ECONNRESET...) at any phase, also after TLS took it over: never unhandled.
+  raw.on('error', () => g.socket.destroy());
+  raw.on('close', () => {
+    if (!g.finished) {
+      g.finished = true;
+      clearTimeout(g.timer);
+    }
+  });
+  return g;
+}
+
 function negotiate(raw: net.Socket, hooks: ListenerHooks): void {
   const acceptedAt = Date.now();
   const remoteAddress = raw.remoteAddress ?? 'unknown';
   const remotePort = raw.remotePort ?? 0;
   raw.setNoDelay(true);
   if (hooks.keepalive) raw.setKeepAlive(true, 30_000);
-  let socket: ClientSocket = raw;
+  const g = guardRaw(raw);
   let isTls = false;
   /** Bytes received in plain text so far: direct TLS is only recognised as the connection's first byte. */
   let plainBytes = 0;
   let framer = new StartupFramer();
-  let finished = false;
   let onTlsError: ((e: Error) => void) | undefined;
   /** TLS is on and its checks (ALPN, client certificate) passed: packets read inside TLS may be acted on. */
   let tlsChecked = false;
 
   const reject = (reason: string, code: string, err?: PgError) => {
-    if (finished) return;
-    finished = true;
+    if (g.finished) return;
+    g.finished = true;
     clearTimeout(timer);
     hooks.onRejected({ remoteAddress, reason, code });
-    if (err && !socket.destroyed && socket.writable) socket.end(encodeError(err));
-    else socket.destroy();
+    if (err && !g.socket.destroyed && g.socket.writable) g.socket.end(encodeError(err));
+    else g.socket.destroy();
     // Make sure a client that never reads cannot hold the socket open.
     setTimeout(() => {
-      socket.destroy();
+      g.socket.destroy();
       raw.destroy();
     }, 1000).unref();
   };
@@ -121,6 +145,7 @@ function negotiate(raw: net.Socket, hooks: ListenerHooks): void {
     hooks.loginTimeoutMs(),
   );
   timer.unref();
+  g.timer = timer;
 
   /**
    * Wraps the plain socket in TLS, synchronously (nothing else may read it in between). `first`: bytes already
@@ -141,7 +166,7 @@ function negotiate(raw: net.Socket, hooks: ListenerHooks): void {
       requestCert: ctx.requestCert,
       rejectUnauthorized: false,
     });
-    socket = secure;
+    g.socket = secure;
     isTls = true;
     framer = new StartupFramer();
     onTlsError = (e: NodeJS.ErrnoException) =>
@@ -176,7 +201,7 @@ function negotiate(raw: net.Socket, hooks: ListenerHooks): void {
   };
 
   const onData = (chunk: Buffer) => {
-    if (finished) return;
+    if (g.finished) return;
     try {
       if (!isTls) {
         const first = plainBytes === 0;
@@ -220,22 +245,23 @@ function negotiate(raw: net.Socket, hooks: ListenerHooks): void {
             return;
           }
           case 'cancel':
-            finished = true;
+            g.finished = true;
             clearTimeout(timer);
             hooks.onCancel(pkt.pid, pkt.secret);
-            socket.destroy();
+            g.socket.destroy();
             return;
           case 'startup': {
-            finished = true;
+            g.finished = true;
             clearTimeout(timer);
-            socket.removeListener('data', onData);
-            socket.pause();
+            g.timer = undefined;
+            g.socket.removeListener('data', onData);
+            g.socket.pause();
             // The session attaches its own 'error' listener right away (synchronously, in onStartup); the plain
             // socket keeps ours, which only destroys.
-            if (onTlsError) socket.removeListener('error', onTlsError);
+            if (onTlsError) g.socket.removeListener('error', onTlsError);
             const leftover = framer.drain();
             hooks.onStartup({
-              socket,
+              socket: g.socket,
               startup: pkt,
               tls: isTls,
               remoteAddress,
@@ -250,18 +276,10 @@ function negotiate(raw: net.Socket, hooks: ListenerHooks): void {
       }
     } catch (e) {
       const err = toPgError(e, 'GPRXY_STARTUP');
-      if (!finished) reject(err.message, err.code ?? 'GPRXY_STARTUP', err);
-      else socket.destroy();
+      if (!g.finished) reject(err.message, err.code ?? 'GPRXY_STARTUP', err);
+      else g.socket.destroy();
     }
   };
 
   raw.on('data', onData);
-  // Errors on the plain socket (ECONNRESET...) at any phase, also after TLS took it over: never unhandled.
-  raw.on('error', () => socket.destroy());
-  raw.on('close', () => {
-    if (!finished) {
-      finished = true;
-      clearTimeout(timer);
-    }
-  });
 }

@@ -6,6 +6,9 @@ export const MAX_STARTUP_PACKET = 10_000;
 /** Cap for messages during authentication: a 6 KB Azure token, or a SASL message, fits with margin. */
 export const MAX_AUTH_MESSAGE = 64 * 1024;
 
+/** Shared by every empty drain(): a zero-length Buffer cannot be written to (one less object per idle client). */
+const EMPTY = Buffer.alloc(0);
+
 export interface Frame {
   type: number;
   /** The message body, without type byte and length. */
@@ -63,7 +66,7 @@ class ByteQueue {
 
   /** Everything still buffered, copied out; the queue is left empty. */
   drain(): Buffer {
-    const out = this.size === 0 ? Buffer.alloc(0) : this.take(this.size);
+    const out = this.size === 0 ? EMPTY : this.take(this.size);
     this.chunks = [];
     this.size = 0;
     return out;
@@ -146,7 +149,8 @@ export interface ScanHandler {
  * data) streams through chunk by chunk and is never buffered whole.
  */
 export class StreamScanner {
-  private readonly header = Buffer.alloc(5);
+  /** A header split across chunks; allocated on first need (most scanners of idle clients never need one). */
+  private header: Buffer | null = null;
   private headerLen = 0;
   /** Body bytes of the current PASS/NOTE message still to come. */
   private skip = 0;
@@ -225,15 +229,17 @@ export class StreamScanner {
         if (this.headerLen === 0 && pos > this.runStart) {
           h.forward(chunk.subarray(this.runStart, pos));
         }
+        if (this.header === null) this.header = Buffer.alloc(5);
+        const header = this.header;
         const k = Math.min(5 - this.headerLen, n - pos);
-        chunk.copy(this.header, this.headerLen, pos, pos + k);
+        chunk.copy(header, this.headerLen, pos, pos + k);
         this.headerLen += k;
         pos += k;
         this.runStart = pos;
         if (this.headerLen < 5) break;
         this.headerLen = 0;
-        type = this.header[0]!;
-        len = this.header.readInt32BE(1);
+        type = header[0]!;
+        len = header.readInt32BE(1);
         fromSaved = true;
       }
       if (len < 4) throw PgError.protocolViolation(`invalid message length ${len}`, 'GPRXY_BAD_LENGTH');
@@ -277,7 +283,7 @@ export class StreamScanner {
       if (policy === Scan.NOTE) h.onNote(type, len);
       if (fromSaved) {
         // The header came (partly) from an earlier chunk and was held back: forward it now.
-        h.forward(Buffer.from(this.header));
+        h.forward(Buffer.from(this.header!));
         this.runStart = pos;
         this.skip = len - 4;
       } else {

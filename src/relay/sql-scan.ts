@@ -71,6 +71,13 @@ export function isMultiStatement(sql: string): boolean {
   return false;
 }
 
+/**
+ * Necessary for the lower-cased text to contain "advisory_lock": no character but "Y", "_" and "L" (and
+ * themselves) lower-cases to anything holding "y", "_" or "l" (checked over all of Unicode), so "y_l" in the
+ * lower-cased text comes from one of these pairs in the original.
+ */
+const ADVISORY_HINT = /[yY]_[lL]/;
+
 const SET_RE =
   /^\s*SET\s+(?:SESSION\s+)?("?[A-Za-z_][A-Za-z0-9_$.]*"?)\s*(?:=|\s+TO\s+)\s*([\s\S]*?)\s*;?\s*$/i;
 const RESET_RE = /^\s*RESET\s+("?[A-Za-z_][A-Za-z0-9_$.]*"?)\s*;?\s*$/i;
@@ -80,12 +87,25 @@ const RESET_RE = /^\s*RESET\s+("?[A-Za-z_][A-Za-z0-9_$.]*"?)\s*;?\s*$/i;
  * transaction block outlives it only if committed, which a scan cannot know, so it pins.
  */
 export function scanSql(sql: string, inTransaction: boolean): SqlEffects {
-  const words = firstWords(sql, 4);
-  const w0 = words[0];
-  const lower = sql.length < 65536 ? sql.toLowerCase() : '';
+  // Every simple Query and Parse of a transaction-mode client comes through here: the common statement costs one
+  // keyword and two substring tests; lower-casing and the other keywords only when a rule may apply.
+  const w0 = firstWords(sql, 1)[0];
   const fx: SqlEffects = {};
-  if (lower.includes('advisory_lock') && /pg_(try_)?advisory_lock(_shared)?\s*\(/.test(lower)) {
-    fx.pin = 'advisory_lock';
+  if (ADVISORY_HINT.test(sql)) {
+    const lower = sql.length < 65536 ? sql.toLowerCase() : '';
+    if (lower.includes('advisory_lock') && /pg_(try_)?advisory_lock(_shared)?\s*\(/.test(lower)) {
+      fx.pin = 'advisory_lock';
+    }
+  }
+  let words: string[] = [];
+  switch (w0) {
+    case 'CREATE':
+    case 'DISCARD':
+    case 'DEALLOCATE':
+    case 'SET':
+    case 'RESET':
+      words = firstWords(sql, 4);
+      break;
   }
   switch (w0) {
     case 'PREPARE':
@@ -108,9 +128,11 @@ export function scanSql(sql: string, inTransaction: boolean): SqlEffects {
         fx.pin = 'temp_table';
       }
       break;
-    case 'DECLARE':
+    case 'DECLARE': {
+      const lower = sql.length < 65536 ? sql.toLowerCase() : '';
       if (/\bwith\s+hold\b/.test(lower)) fx.pin = 'declare_with_hold';
       break;
+    }
     case 'DISCARD':
       if (words[1] === 'ALL') fx.dropsStatements = 'all';
       break;

@@ -23,6 +23,13 @@ export function readParse(body: Buffer): ParsedParse {
   return { name, rest, query };
 }
 
+/** The query text of a Parse whose name is empty (body[0] === 0): readParse(body).query without copying. */
+export function readUnnamedParseQuery(body: Buffer): string {
+  const r = new BodyReader(body);
+  r.cstring();
+  return r.cstring();
+}
+
 export function encodeParse(name: string, rest: Buffer): Buffer {
   return new MessageWriter(rest.length + name.length + 8).cstring(name).bytes(rest).finish(0x50);
 }

@@ -9,6 +9,7 @@ import { Scan, type ScanHandler, StreamScanner, scanPolicy } from '../protocol/f
 import { encodeQuery, F } from '../protocol/frontend.ts';
 import type { ServerConnection, ServerSink } from '../server/connection.ts';
 import { literal } from '../server/sql.ts';
+import { bindParams, type QueryTracker, trackClientMessage, trackServerMessage } from './query-tracker.ts';
 import type { ClientIO } from './relay.ts';
 import { firstWords, type PinReason, scanSql } from './sql-scan.ts';
 import {
@@ -18,6 +19,7 @@ import {
   readBind,
   readParse,
   readTarget,
+  readUnnamedParseQuery,
   serverStatementName,
 } from './statements.ts';
 
@@ -81,8 +83,8 @@ export const TX_SERVER_POLICY = scanPolicy({
   s: Scan.INSPECT,
   I: Scan.INSPECT,
   N: Scan.INSPECT,
-  G: Scan.NOTE,
-  H: Scan.NOTE,
+  G: Scan.INSPECT,
+  H: Scan.INSPECT,
   W: Scan.NOTE,
 });
 
@@ -104,6 +106,20 @@ const NOT_SETTABLE = new Set([
 
 const IDENT = /^[A-Za-z_][A-Za-z0-9_$.]*$/;
 const DO_TAG = '$gprxy_sync$';
+
+/** One set_config() call of the sync block (a value holding the block's dollar-quote tag is skipped). */
+function setConfigCall(calls: string[], name: string, text: string): void {
+  if (!text.includes(DO_TAG))
+    calls.push(`PERFORM pg_catalog.set_config(${literal(name)}, ${literal(text)}, false);`);
+}
+
+interface NamedStatement {
+  server: string;
+  rest: Buffer;
+}
+
+/** The empty statement map every client starts with (never written to: see TransactionRelay.ownStatements). */
+const NO_STATEMENTS: ReadonlyMap<string, NamedStatement> & Map<string, NamedStatement> = new Map();
 
 /** Setting values are kept as `sql:<value as written after SET ... TO>` or `text:<string for set_config>`. */
 export const SQL_VALUE = 'sql:';
@@ -130,8 +146,16 @@ export class TransactionRelay implements ScanHandler, ServerSink {
   private skipUntilSync = false;
   /** The client's view of the transaction status (last ReadyForQuery it saw). */
   private clientStatus: TxStatus = 'I';
-  /** Client statement name -> server statement name and the Parse body tail (query + types). */
-  private readonly statements = new Map<string, { server: string; rest: Buffer }>();
+  /**
+   * Client statement name -> server statement name and the Parse body tail (query + types). Starts as the shared
+   * empty map (reads, deletes and clears are no-ops on it) and gets its own on the first named statement: most
+   * clients never prepare one, and 10,000 idle clients would each hold an empty Map.
+   */
+  private statements: Map<string, NamedStatement> = NO_STATEMENTS;
+  /** this.params as syncSql compares them with a server's (settable, not overridden by a setting); null: stale. */
+  private reported: [string, string][] | null = null;
+  /** maybeRelease as a microtask, allocated once instead of a closure per ReadyForQuery. */
+  private readonly releaseTask: () => void;
   /** A standalone SET/RESET waiting for its ReadyForQuery to be recorded. */
   private pendingSetting: ReturnType<typeof scanSql>['setting'] | undefined;
 
@@ -143,9 +167,23 @@ export class TransactionRelay implements ScanHandler, ServerSink {
     readonly params: Map<string, string>,
     /** Settings the client asked for (startup packet, standalone SET): name -> SQL value text. */
     readonly settings: Map<string, string>,
+    /** Statement tracking for the audit trail, while someone listens. */
+    private readonly tracker?: QueryTracker,
   ) {
     this.scanner = new StreamScanner(CLIENT_POLICY, opts.maxPacketSize, this);
     client.onDrain = () => this.lease?.server.resume();
+    this.releaseTask = () => this.maybeRelease();
+  }
+
+  /** The client's own statement map, for adding to. */
+  private ownStatements(): Map<string, NamedStatement> {
+    if (this.statements === NO_STATEMENTS) this.statements = new Map();
+    return this.statements;
+  }
+
+  /** A client parameter changed (ParameterStatus, a recorded SET): what syncSql compares is rebuilt on next use. */
+  private paramsChanged(): void {
+    this.reported = null;
   }
 
   get server(): ServerConnection | undefined {
@@ -201,7 +239,7 @@ export class TransactionRelay implements ScanHandler, ServerSink {
       this.host.terminate();
       return true;
     }
-    const parses: { name: string; rest: Buffer }[] = [];
+    const parses: { name: string; rest: Buffer; query: string }[] = [];
     let pos = 0;
     while (pos + 5 <= chunk.length) {
       const type = chunk[pos]!;
@@ -214,6 +252,8 @@ export class TransactionRelay implements ScanHandler, ServerSink {
         break;
       }
       if (type !== F.Parse) return false;
+      // An unnamed Parse (every -M extended transaction starts with one) needs no decoding to be turned down.
+      if (body.length > 0 && body[0] === 0) return false;
       let p: ReturnType<typeof readParse>;
       try {
         p = readParse(body);
@@ -221,12 +261,13 @@ export class TransactionRelay implements ScanHandler, ServerSink {
         return false; // malformed: the normal path reports it
       }
       if (p.name === '' || this.statements.has(p.name) || scanSql(p.query, false).pin) return false;
-      parses.push({ name: p.name, rest: p.rest });
+      parses.push({ name: p.name, rest: p.rest, query: p.query });
     }
     if (pos !== chunk.length || chunk[chunk.length - 5] !== F.Sync) return false;
     const out: Buffer[] = [];
     for (const p of parses) {
-      this.statements.set(p.name, { server: serverStatementName(p.rest), rest: p.rest });
+      this.ownStatements().set(p.name, { server: serverStatementName(p.rest), rest: p.rest });
+      this.tracker?.parse(p.name, p.query);
       out.push(PARSE_COMPLETE);
     }
     out.push(encodeReadyForQuery('I'));
@@ -292,6 +333,7 @@ export class TransactionRelay implements ScanHandler, ServerSink {
       const err = sql ? await server.query(sql) : undefined;
       if (err) throw new PgError('FATAL', err.sqlState, err.message, { code: 'GPRXY_STARTUP_PARAM' });
       for (const [k, v] of server.params) this.params.set(k, v);
+      this.paramsChanged();
     } finally {
       lease.release(server.reusable, 'not idle after login');
     }
@@ -312,6 +354,7 @@ export class TransactionRelay implements ScanHandler, ServerSink {
       const name = canonical.get(k.toLowerCase());
       if (name !== undefined && !NOT_SETTABLE.has(name)) this.params.set(name, v);
     }
+    this.paramsChanged();
   }
 
   /**
@@ -321,23 +364,32 @@ export class TransactionRelay implements ScanHandler, ServerSink {
    * the injected query answers with nothing but CommandComplete (rows would stream past the swallowing).
    */
   private syncSql(server: ServerConnection): string | undefined {
+    // Runs on every lease: no closures, and the parameter filter (a regex, a lower-casing and three lookups per
+    // parameter) is computed once per change of the client's parameters, not per transaction.
     const parts: string[] = [];
     const calls: string[] = [];
-    const setText = (name: string, text: string) => {
-      if (!text.includes(DO_TAG))
-        calls.push(`PERFORM pg_catalog.set_config(${literal(name)}, ${literal(text)}, false);`);
-    };
     for (const [name, value] of this.settings) {
       if (server.applied.get(name) === value) continue;
       if (value.startsWith(SQL_VALUE)) parts.push(`SET "${name}" TO ${value.slice(SQL_VALUE.length)}`);
-      else setText(name, value.slice(TEXT_VALUE.length));
+      else setConfigCall(calls, name, value.slice(TEXT_VALUE.length));
     }
-    for (const name of server.applied.keys()) {
-      if (!this.settings.has(name)) parts.push(`RESET "${name}"`);
+    if (server.applied.size > 0) {
+      for (const name of server.applied.keys()) {
+        if (!this.settings.has(name)) parts.push(`RESET "${name}"`);
+      }
     }
-    for (const [name, value] of this.params) {
-      if (NOT_SETTABLE.has(name) || this.settings.has(name.toLowerCase()) || !IDENT.test(name)) continue;
-      if (server.params.get(name) !== value) setText(name, value);
+    let reported = this.reported;
+    if (reported === null) {
+      reported = [];
+      for (const [name, value] of this.params) {
+        if (NOT_SETTABLE.has(name) || this.settings.has(name.toLowerCase()) || !IDENT.test(name)) continue;
+        reported.push([name, value]);
+      }
+      this.reported = reported;
+    }
+    for (let i = 0; i < reported.length; i++) {
+      const [name, value] = reported[i]!;
+      if (server.params.get(name) !== value) setConfigCall(calls, name, value);
     }
     if (calls.length) parts.push(`DO ${DO_TAG}BEGIN ${calls.join(' ')} END${DO_TAG}`);
     if (parts.length === 0) return undefined;
@@ -350,7 +402,8 @@ export class TransactionRelay implements ScanHandler, ServerSink {
   onNote(): void {}
 
   /** Execute, Sync, Flush, FunctionCall: what they expect back. */
-  private onControl(server: ServerConnection, type: number): void {
+  private onControl(server: ServerConnection, type: number, body: Buffer): void {
+    if (this.tracker) trackClientMessage(this.tracker, type, body);
     switch (type) {
       case F.Sync:
         this.unsynced = false;
@@ -389,7 +442,7 @@ export class TransactionRelay implements ScanHandler, ServerSink {
       case F.Sync:
       case F.Flush:
       case F.FunctionCall:
-        this.onControl(server, type);
+        this.onControl(server, type, body);
         return false;
       case F.Query:
         return this.onQuery(server, body);
@@ -423,6 +476,7 @@ export class TransactionRelay implements ScanHandler, ServerSink {
         );
       }
     }
+    this.tracker?.query(sql);
     this.pendingSetting = fx.setting;
     if (fx.dropsStatements === 'all') {
       this.statements.clear();
@@ -437,19 +491,22 @@ export class TransactionRelay implements ScanHandler, ServerSink {
   }
 
   private onParse(server: ServerConnection, body: Buffer): boolean {
-    const p = readParse(body);
-    const fx = scanSql(p.query, this.clientStatus !== 'I');
+    // Unnamed: only the query text matters (no copy of the rest, which only a named statement keeps).
+    const unnamed = body.length > 0 && body[0] === 0;
+    const p = unnamed ? undefined : readParse(body);
+    const fx = scanSql(p ? p.query : readUnnamedParseQuery(body), this.clientStatus !== 'I');
     if (fx.pin && !this.pin) {
       if (this.opts.pinPolicy === 'refuse') return this.refuse(fx.pin, false);
       this.setPin(fx.pin);
     }
+    if (this.tracker) this.tracker.parse(p ? p.name : '', p ? p.query : readUnnamedParseQuery(body));
     this.unsynced = true;
-    if (p.name === '') {
+    if (!p) {
       this.expect.push({ kind: 'reply', ends: 0x31, ends2: NONE });
       return false;
     }
     const serverName = serverStatementName(p.rest);
-    this.statements.set(p.name, { server: serverName, rest: p.rest });
+    this.ownStatements().set(p.name, { server: serverName, rest: p.rest });
     if (server.statements.has(serverName)) {
       server.statements.touch(serverName);
       this.synth(() => PARSE_COMPLETE);
@@ -493,6 +550,11 @@ export class TransactionRelay implements ScanHandler, ServerSink {
   private onBind(server: ServerConnection, body: Buffer): boolean {
     this.unsynced = true;
     const b = readBind(body);
+    this.tracker?.bind(
+      b.portal,
+      b.statement,
+      this.tracker.logParameters ? bindParams(body, b.restOffset) : undefined,
+    );
     if (b.statement === '' || !this.statements.has(b.statement)) {
       this.expect.push({ kind: 'reply', ends: 0x32, ends2: NONE });
       return false;
@@ -588,12 +650,23 @@ export class TransactionRelay implements ScanHandler, ServerSink {
       const head = this.expect[0];
       if (head?.kind === 'swallowQuery') return true;
       const nul = body.indexOf(0);
-      if (nul > 0)
+      if (nul > 0) {
         this.params.set(body.toString('utf8', 0, nul), body.toString('utf8', nul + 1, body.length - 1));
+        this.paramsChanged();
+      }
       return false;
     }
     const head = this.expect[0];
     if (!head) return false; // async messages (NoticeResponse is PASS; nothing else is expected here)
+    // The audit trail follows the client's own statements, not what gprxy injected.
+    if (
+      this.tracker &&
+      head.kind !== 'swallowQuery' &&
+      head.kind !== 'swallowParse' &&
+      head.kind !== 'swallowClose'
+    ) {
+      trackServerMessage(this.tracker, type, body);
+    }
     let drop = false;
     let done = false;
     switch (head.kind) {
@@ -654,7 +727,7 @@ export class TransactionRelay implements ScanHandler, ServerSink {
         this.drainSynth();
       }
     }
-    if (type === B.ReadyForQuery && this.expect.length === 0) queueMicrotask(() => this.maybeRelease());
+    if (type === B.ReadyForQuery && this.expect.length === 0) queueMicrotask(this.releaseTask);
     return drop;
   }
 
@@ -690,6 +763,7 @@ export class TransactionRelay implements ScanHandler, ServerSink {
         this.settings.clear();
         server?.applied.clear();
       }
+      this.paramsChanged();
     }
     if (this.opts.mode === 'statement' && status !== 'I' && !this.pin) {
       this.ended = true;
