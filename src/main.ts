@@ -165,6 +165,7 @@ export async function startProxy(
     pools,
     events,
     pins,
+    audit,
     listening: () => listening,
     reload() {
       if (opts.loadConfig) return handle?.reload(opts.loadConfig());

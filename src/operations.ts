@@ -20,6 +20,8 @@ export interface OperationsDeps {
   pools: PoolRegistry<ServerConnection>;
   events: ProxyEvents;
   pins: ReadonlyMap<string, number>;
+  /** The audit trail's queue, when configured. */
+  audit?: { depth(): number; dropped(): number } | undefined;
   listening(): boolean;
   /** RELOAD: re-read the config file and apply it (throws and keeps the old on error). */
   reload(): void;
@@ -200,7 +202,12 @@ export function createOperations(d: OperationsDeps): Operations {
   };
 
   const metrics = createMetrics(
-    { pools: () => view.pools(), clients: () => view.clients(), pins: () => d.pins },
+    {
+      pools: () => view.pools(),
+      clients: () => view.clients(),
+      pins: () => d.pins,
+      audit: () => (d.audit ? { depth: d.audit.depth(), dropped: d.audit.dropped() } : undefined),
+    },
     d.events,
   );
   let http: HttpListener | undefined;

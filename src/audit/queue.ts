@@ -43,6 +43,9 @@ export class AuditQueue {
   push(record: object): boolean {
     if (this.full && this.policy === 'drop') {
       this.dropped++;
+      if (this.dropped === 1 || this.dropped % 1000 === 0) {
+        this.onSinkError(this.sink.name, new Error(`queue full: ${this.dropped} records dropped so far`));
+      }
       return false;
     }
     this.items.push(record);
@@ -84,9 +87,13 @@ export class AuditQueue {
     clearInterval(this.timer);
     const end = Date.now() + deadlineMs;
     while (this.items.length > 0 && Date.now() < end) {
+      const before = this.items.length;
       await this.flush();
-      if (this.items.length > 0) await new Promise((r) => setTimeout(r, 200));
+      // A sink that makes no progress at shutdown will not make any: report what is lost instead of hanging.
+      if (this.items.length === before) break;
     }
+    if (this.items.length > 0)
+      this.onSinkError(this.sink.name, new Error(`${this.items.length} records not written at shutdown`));
     await this.sink.close().catch(() => undefined);
     for (const w of this.waiters.splice(0)) w();
   }

@@ -29,6 +29,8 @@ export interface MetricsSource {
   clients(): readonly { database: string; user: string; state: string }[];
   /** Pins by reason since start. */
   pins(): ReadonlyMap<string, number>;
+  /** Audit queue depth and records dropped (on_overflow: drop), when audit is on. */
+  audit(): { depth: number; dropped: number } | undefined;
 }
 
 export interface ProxyMetrics {
@@ -122,6 +124,24 @@ export function createMetrics(source: MetricsSource, events: ProxyEvents): Proxy
     collect() {
       this.reset();
       for (const [reason, n] of source.pins()) this.inc({ reason }, n);
+    },
+  });
+
+  new Gauge({
+    name: 'gprxy_audit_queue_depth',
+    help: 'Audit records waiting for their sink (the fullest sink queue)',
+    registers,
+    collect() {
+      this.set(source.audit()?.depth ?? 0);
+    },
+  });
+  new Counter({
+    name: 'gprxy_audit_dropped_total',
+    help: 'Audit records dropped because a sink queue was full (audit.on_overflow: drop)',
+    registers,
+    collect() {
+      this.reset();
+      this.inc(source.audit()?.dropped ?? 0);
     },
   });
 

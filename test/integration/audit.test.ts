@@ -197,3 +197,34 @@ test('the table sink keeps records while its PostgreSQL is down and writes them 
     'the queued record in the table',
   );
 });
+
+test('a full queue under on_overflow drop drops, logs and counts in /metrics', async () => {
+  const dead = await startTestProxy({
+    databases: { [db.database]: backend(), nowhere: { host: '127.0.0.1', port: 1, dbname: 'x' } },
+    users: { [db.user]: { password: db.password }, postgres: { password: 'audit-pg-pass' } },
+    server_tls: { sslmode: 'disable' },
+    admin: { http: '127.0.0.1:0' },
+    audit: {
+      sinks: [{ type: 'postgres', database: 'nowhere', user: 'postgres', table: 'gprxy_audit' }],
+      queue_size: 5,
+      on_overflow: 'drop',
+    },
+  });
+  try {
+    const c = new pg.Client({ connectionString: dead.url(db.user, db.password, db.database) });
+    await c.connect();
+    for (let i = 0; i < 20; i++) await c.query('SELECT 1');
+    await c.end();
+    const res = await fetch(`http://127.0.0.1:${dead.proxy.httpPort}/metrics`);
+    const text = await res.text();
+    const dropped = Number(/^gprxy_audit_dropped_total (\d+)/m.exec(text)?.[1]);
+    const depth = Number(/^gprxy_audit_queue_depth (\d+)/m.exec(text)?.[1]);
+    assert.ok(dropped > 0, `dropped ${dropped}`);
+    assert.ok(
+      dead.logs.lines.some((l) => l.event === 'audit_sink_failed' && /dropped/.test(String(l.reason))),
+    );
+    assert.equal(depth, 5);
+  } finally {
+    await dead.stop();
+  }
+});
