@@ -2,7 +2,7 @@
 // mapping to service-account logins, identity on the server, every kind of bad token, key rotation, expiry.
 import assert from 'node:assert/strict';
 import { createHash, createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
@@ -121,7 +121,7 @@ before(async () => {
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
   issuer = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  gp = await startTestProxy({ databases: {} });
+  gp = await startTestProxy({ databases: {}, audit: { sinks: [{ type: 'file', path: 'audit.jsonl' }] } });
   reload();
 });
 
@@ -150,6 +150,22 @@ test('a token as the password logs alice in as the mapped login, with her identi
       (l) => l.event === 'login' && l.method === 'oidc-password' && l.identity === 'alice@example.com',
     ),
   );
+  // Every statement of the session is audited under her email, with the login it ran as.
+  const auditPath = join(gp.dir, 'audit.jsonl');
+  await waitFor(
+    () => existsSync(auditPath) && readFileSync(auditPath, 'utf8').includes('gprxy.identity'),
+    10_000,
+    'audit records',
+  );
+  const recs = readFileSync(auditPath, 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+  const q = recs.find((r) => r.event === 'query' && String(r.statement).includes('gprxy.identity'));
+  assert.equal(q?.identity, 'alice@example.com');
+  assert.equal(q?.backend_role, dbaRole);
+  assert.equal(q?.auth_method, 'oidc-password');
+  for (const r of recs) assert.ok(!JSON.stringify(r).includes('eyJ'), 'no token in an audit record');
 });
 
 test('bob is refused a database his group does not map to; a mismatched user name is refused', async () => {
