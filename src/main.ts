@@ -88,6 +88,7 @@ export async function startProxy(
   let config = initial;
   let secrets = loadSecrets(config);
   let hba = loadHba(config);
+  const checkedServiceLogins = new Set<string>();
   let keyResolvers = createKeyResolvers({ cooldownMs: config.sso.jwks_refresh_cooldown });
   let limiter = makeLimiter(config);
   let startups = new StartupRate(config.auth.limits.startups_per_second);
@@ -220,6 +221,47 @@ export async function startProxy(
       return q.lookup(user);
     },
     hba: () => hba,
+    checkServiceLogin(database) {
+      const user = config.sso.service_user;
+      if (!user || checkedServiceLogins.has(database)) return;
+      checkedServiceLogins.add(database);
+      const db = findDatabase(config, database);
+      if (!db) return;
+      void ctx
+        .connectServer({
+          host: db.host,
+          port: db.port,
+          tls: db.server_tls ?? config.server_tls,
+          connectTimeoutMs: poolSettings(config, database, user).server_connect_timeout,
+          database: db.dbname ?? database,
+          user,
+          credential: backendCredential(ctx, user),
+        })
+        .then(async (conn) => {
+          const r = await conn.queryRows(
+            'SELECT rolsuper::text, rolbypassrls::text, rolinherit::text FROM pg_roles WHERE rolname = current_user',
+            [],
+          );
+          conn.close('service login check');
+          const row = r instanceof Error ? undefined : r.rows[0];
+          if (!row) return;
+          const [sup, bypass, inherit] = row;
+          if (sup === 'true' || bypass === 'true' || inherit === 'true') {
+            log.warn(
+              {
+                event: 'sso_service_login_too_strong',
+                db: database,
+                user,
+                superuser: sup === 'true',
+                bypassrls: bypass === 'true',
+                inherit: inherit === 'true',
+              },
+              'sso.service_user can do more than the mapped roles: make it NOINHERIT, not superuser, not BYPASSRLS',
+            );
+          }
+        })
+        .catch(() => undefined);
+    },
     ...(audit ? { audit } : {}),
     keys: () => keyResolvers,
     limiter: () => limiter,

@@ -38,6 +38,8 @@ export interface ProxyContext {
   clientCount(): number;
   /** The audit trail when configured: with on_overflow block, a full queue holds client reads. */
   audit?: { readonly blocking: boolean; full(): boolean; room(): Promise<void> };
+  /** set_role routes: checks once per database that the service login cannot do more than the mapped roles. */
+  checkServiceLogin(database: string): void;
   /** Pins by reason since start (transaction mode). */
   pins: Map<string, number>;
   /** True while draining for shutdown: new logins are refused. */

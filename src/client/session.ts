@@ -209,7 +209,9 @@ export class ClientSession implements ClientIO, AuthChannel {
     this.transition('attaching');
     if (db === null) return this.serveAdmin();
     const pool = this.poolFor(db);
-    if (pool.settings.pool_mode !== 'session') return this.startTransactionMode(pool);
+    // SSO set_role sessions always run on the relay that scans SQL (it guards the role gprxy set).
+    if (this.setRole()) this.ctx.checkServiceLogin(this.database);
+    if (pool.settings.pool_mode !== 'session' || this.setRole()) return this.startTransactionMode(pool);
     const lease = await pool.acquire();
     if (this.state !== 'attaching') {
       lease.release(lease.server.reusable, 'client left while waiting');
@@ -302,6 +304,8 @@ export class ClientSession implements ClientIO, AuthChannel {
         pinPolicy: st.pin_policy,
         maxPreparedStatements: st.max_prepared_statements,
         maxPacketSize: this.ctx.config().max_packet_size,
+        guardIdentity: this.setRole(),
+        ...(st.pool_mode === 'session' ? { pinFromStart: 'sso_session' as const } : {}),
       },
       new Map(),
       settings,
@@ -442,9 +446,15 @@ export class ClientSession implements ClientIO, AuthChannel {
     this.expiryTimer.unref();
   }
 
+  /** An SSO session on a set_role route: one service login, SET ROLE to the mapped role. */
+  private setRole(): boolean {
+    return this.sso !== undefined && this.ctx.config().sso.backend === 'set_role';
+  }
+
   /** Settings gprxy forces for this session: an SSO identity on application_name and gprxy.identity. */
   private forcedSettings(): Map<string, string> {
     const m = new Map<string, string>();
+    if (this.sso && this.setRole()) m.set('role', this.sso.role);
     if (this.sso) {
       m.set('application_name', `gprxy:${this.sso.identity.name}`);
       m.set('gprxy.identity', this.sso.identity.name);
@@ -527,7 +537,12 @@ export class ClientSession implements ClientIO, AuthChannel {
 
   private poolFor(db: DatabaseConfig): Pool<ServerConnection> {
     const cfg = this.ctx.config();
-    const backendUser = this.sso?.role ?? db.user ?? this.user;
+    const cfg0 = this.ctx.config();
+    const backendUser = this.sso
+      ? this.setRole()
+        ? cfg0.sso.service_user!
+        : this.sso.role
+      : (db.user ?? this.user);
     const key = { database: this.database, user: backendUser };
     const settings = poolSettings(cfg, this.database, backendUser);
     const ctx = this.ctx;

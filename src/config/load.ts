@@ -76,6 +76,11 @@ export function parseConfig(raw: unknown, opts: { env: Env; baseDir: string; sou
   if (c.auth.file !== undefined) c.auth.file = abs(c.auth.file);
   if (c.auth.hba !== undefined) c.auth.hba = abs(c.auth.hba);
   for (const sink of c.audit.sinks) if (sink.type === 'file') sink.path = abs(sink.path)!;
+  if (c.sso.backend === 'set_role' && c.sso.service_user === undefined) {
+    throw new ConfigError(
+      `invalid config ${opts.source}: sso.service_user: needed with sso.backend set_role`,
+    );
+  }
   if (c.auth.query !== undefined && c.auth.user === undefined) {
     throw new ConfigError(
       `invalid config ${opts.source}: auth.user: needed with auth.query (the login it runs as)`,

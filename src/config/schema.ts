@@ -182,7 +182,13 @@ export const configSchema = z.strictObject({
     .strictObject({
       providers: z.array(ssoProvider).default([]),
       mapping: z.array(ssoRule).default([]),
-      backend: z.enum(['service_account']).default('service_account'),
+      /**
+       * service_account: each mapped role is its own LOGIN. set_role: one service login per database, and
+       * SET ROLE to the mapped role for the person (attribution, not confinement).
+       */
+      backend: z.enum(['service_account', 'set_role']).default('service_account'),
+      /** set_role: the login whose servers all SSO sessions share (password in users.<name>.password). */
+      service_user: z.string().optional(),
       /** Startup user names that stand for "whoever the token says" besides the identity itself. */
       aliases: z.array(z.string()).default(['sso']),
       token_expiry: z.enum(['disconnect', 'login_only']).default('disconnect'),

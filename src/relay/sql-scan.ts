@@ -11,7 +11,9 @@ export type PinReason =
   | 'session_authorization'
   | 'set_in_transaction'
   | 'set_in_multi_statement'
-  | 'load';
+  | 'load'
+  /** An SSO set_role session in a session-mode pool: it keeps its server like any session-mode client. */
+  | 'sso_session';
 
 export interface SqlEffects {
   /** Untrackable session state: the client must keep its server. */

@@ -43,6 +43,21 @@ export interface TransactionOptions {
   pinPolicy: PinPolicy;
   maxPreparedStatements: number;
   maxPacketSize: number;
+  /**
+   * SSO set_role routes: statements that would change the role or identity gprxy set (SET/RESET ROLE, SET SESSION
+   * AUTHORIZATION, set_config(), DISCARD) are refused where the scan sees them.
+   */
+  guardIdentity?: boolean;
+  /** Hold the first server until the client leaves (session semantics on this relay). */
+  pinFromStart?: PinReason;
+}
+
+/** What a set_role route refuses: role and identity changes the keyword scan can see. */
+function changesIdentity(sql: string, pin: PinReason | undefined): boolean {
+  if (pin === 'set_role' || pin === 'session_authorization') return true;
+  return /\bset_config\s*\(|^\s*(reset\s+(role|all|session)|discard|set\s+(session\s+)?role|set\s+.*\bgprxy\.)/i.test(
+    sql,
+  );
 }
 
 /** What the client expects back for one thing sent to the server, in order. */
@@ -173,6 +188,7 @@ export class TransactionRelay implements ScanHandler, ServerSink {
     this.scanner = new StreamScanner(CLIENT_POLICY, opts.maxPacketSize, this);
     client.onDrain = () => this.lease?.server.resume();
     this.releaseTask = () => this.maybeRelease();
+    if (opts.pinFromStart) this.pin = opts.pinFromStart;
   }
 
   /** The client's own statement map, for adding to. */
@@ -461,6 +477,7 @@ export class TransactionRelay implements ScanHandler, ServerSink {
   private onQuery(server: ServerConnection, body: Buffer): boolean {
     const sql = body.toString('utf8', 0, Math.max(0, body.length - 1));
     const fx = scanSql(sql, this.clientStatus !== 'I');
+    if (this.opts.guardIdentity && changesIdentity(sql, fx.pin)) return this.refuseIdentityChange(true);
     if (fx.pin && !this.pin) {
       if (this.opts.pinPolicy === 'refuse') return this.refuse(fx.pin, true);
       this.setPin(fx.pin);
@@ -494,7 +511,9 @@ export class TransactionRelay implements ScanHandler, ServerSink {
     // Unnamed: only the query text matters (no copy of the rest, which only a named statement keeps).
     const unnamed = body.length > 0 && body[0] === 0;
     const p = unnamed ? undefined : readParse(body);
-    const fx = scanSql(p ? p.query : readUnnamedParseQuery(body), this.clientStatus !== 'I');
+    const text = p ? p.query : readUnnamedParseQuery(body);
+    const fx = scanSql(text, this.clientStatus !== 'I');
+    if (this.opts.guardIdentity && changesIdentity(text, fx.pin)) return this.refuseIdentityChange(false);
     if (fx.pin && !this.pin) {
       if (this.opts.pinPolicy === 'refuse') return this.refuse(fx.pin, false);
       this.setPin(fx.pin);
@@ -611,6 +630,15 @@ export class TransactionRelay implements ScanHandler, ServerSink {
     if (isQuery) this.synth(() => encodeReadyForQuery(this.lease?.server.txStatus ?? this.clientStatus));
     else this.skipUntilSync = true;
     return true;
+  }
+
+  private refuseIdentityChange(isQuery: boolean): boolean {
+    return this.refuseWith(
+      new PgError('ERROR', '42501', 'changing the role or identity is not allowed in an SSO session', {
+        code: 'GPRXY_SSO_IDENTITY_GUARD',
+      }),
+      isQuery,
+    );
   }
 
   private setPin(reason: PinReason): void {

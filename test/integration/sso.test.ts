@@ -342,3 +342,65 @@ function saslInitial(mech: string, data: Buffer): Buffer {
   head.writeInt32BE(body.length + 4, 1);
   return Buffer.concat([head, body]);
 }
+
+test('set_role: one service login, SET ROLE per person, identity changes refused, nothing left for the next person', async () => {
+  const svc = uniq('sso_svc');
+  await admin(`CREATE ROLE ${svc} LOGIN NOINHERIT PASSWORD '${rolePw}'`);
+  await admin(`GRANT CONNECT ON DATABASE ${db.database} TO ${svc}`);
+  await admin(`GRANT ${dbaRole}, ${analystRole} TO ${svc}`);
+  try {
+    for (const mode of ['session', 'transaction']) {
+      writeFileSync(join(gp.dir, 'hba.conf'), 'host all all 127.0.0.1/32 oidc\n');
+      const cfg = ssoConfig({ backend: 'set_role', service_user: svc });
+      (cfg.databases as Record<string, Record<string, unknown>>)[db.database] = {
+        ...backend(),
+        pool_mode: mode,
+        default_pool_size: 1,
+      };
+      (cfg.users as Record<string, { password: string }>)[svc] = { password: rolePw };
+      gp.proxy.reload(configFromObject({ listen: { port: 0 }, ...cfg }, gp.dir));
+
+      const a = await connect('alice@example.com', await token());
+      const r = await a.query(
+        "SELECT current_user AS cu, session_user AS su, current_setting('gprxy.identity') AS i, pg_backend_pid() AS p",
+      );
+      assert.deepEqual(
+        { cu: r.rows[0].cu, su: r.rows[0].su, i: r.rows[0].i },
+        { cu: dbaRole, su: svc, i: 'alice@example.com' },
+        mode,
+      );
+      for (const sql of [
+        'SET ROLE NONE',
+        'RESET ROLE',
+        `SET SESSION AUTHORIZATION ${svc}`,
+        "SELECT set_config('role', 'none', false)",
+        "SELECT 1, set_config('gprxy.identity', 'x', false)",
+        "SET gprxy.identity = 'mallory'",
+        'RESET ALL',
+        'DISCARD ALL',
+      ]) {
+        await assert.rejects(a.query(sql), { code: '42501' }, `${mode}: ${sql}`);
+      }
+      assert.equal((await a.query('SELECT current_user AS cu')).rows[0].cu, dbaRole, `${mode}: role kept`);
+      await a.end();
+
+      const b = await connect(
+        'bob@example.com',
+        await token({ email: 'bob@example.com', groups: ['analyst'] }),
+      );
+      const rb = await b.query(
+        "SELECT current_user AS cu, current_setting('gprxy.identity') AS i, current_setting('application_name') AS app, pg_backend_pid() AS p",
+      );
+      assert.equal(rb.rows[0].p, r.rows[0].p, `${mode}: the same server`);
+      assert.equal(rb.rows[0].cu, analystRole, mode);
+      assert.equal(rb.rows[0].i, 'bob@example.com', mode);
+      assert.equal(rb.rows[0].app, 'gprxy:bob@example.com', mode);
+      await b.end();
+    }
+  } finally {
+    reload();
+    await admin(`DROP OWNED BY ${svc}`, [], db.database).catch(() => undefined);
+    await admin(`REVOKE CONNECT ON DATABASE ${db.database} FROM ${svc}`);
+    await admin(`DROP ROLE IF EXISTS ${svc}`).catch(() => undefined);
+  }
+});
