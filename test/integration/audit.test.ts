@@ -98,7 +98,7 @@ test('simple, extended and COPY statements are audited with identity, rows and o
     t.diagnostic(skip);
   }
 
-  await waitFor(() => records().some((r) => r.detail?.copy === 'out'), 10_000, 'records in the file');
+  await waitFor(() => records().some((r) => r.detail?.copy === 'out'), 30_000, 'records in the file');
   const recs = records().filter((r) => r.event === 'query');
   const insert = recs.find((r) => r.statement?.startsWith('INSERT INTO audited'));
   assert.ok(insert, 'the extended INSERT');
@@ -166,7 +166,7 @@ test('the table sink keeps records while its PostgreSQL is down and writes them 
   await c.connect();
   await c.query("SELECT 'while the audit database was down' AS marker");
   await c.end();
-  await waitFor(() => gp.logs.lines.some((l) => l.event === 'audit_sink_failed'), 10_000, 'a sink failure');
+  await waitFor(() => gp.logs.lines.some((l) => l.event === 'audit_sink_failed'), 30_000, 'a sink failure');
   auditPg = await startEmbeddedPostgres({
     dataDir: auditPg.dataDir,
     password: 'audit-pg-pass',

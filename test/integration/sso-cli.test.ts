@@ -25,7 +25,7 @@ import {
 } from '../support/harness.ts';
 
 /** Access token lifetime: short enough to wait out, long enough for two CLI runs on a loaded 2-core machine. */
-const TTL = 12;
+const TTL = 24; // long enough for a few CLI starts (tsx) on a loaded 2-core machine while "fresh"
 const home = mkdtempSync(join(tmpdir(), 'gprxy-home-'));
 let issuer: LocalIssuer;
 let db: TestDb;
