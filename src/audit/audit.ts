@@ -1,6 +1,6 @@
 // The audit trail: subscribes to the proxy's events and turns them into one record per statement (and per
 // connect, login failure, disconnect, pin, token expiry, cancel), carrying who did it; queued per sink.
-import type { ProxyEvents, QueryEvent, SessionStartEvent } from '../events.ts';
+import type { ProxyEvents, QueryEvent, SessionStartEvent, TypedChannel } from '../events.ts';
 import { AuditQueue, type AuditSink, type OverflowPolicy } from './queue.ts';
 
 export interface AuditOptions {
@@ -114,13 +114,19 @@ export function startAudit(
   const onCancel = (e: { matched: boolean }) =>
     push({ ts: ts(), event: 'cancel', detail: { matched: e.matched } });
 
-  events.sessionStart.subscribe(onStart);
-  events.sessionEnd.subscribe(onEnd);
-  events.query.subscribe(onQuery);
-  events.clientLoginFailed.subscribe(onFailed);
-  events.pin.subscribe(onPin);
-  events.tokenExpired.subscribe(onExpired);
-  events.cancel.subscribe(onCancel);
+  // Subscribed now, unsubscribed at close.
+  const offs: (() => void)[] = [];
+  const on = <T>(ch: TypedChannel<T>, fn: (m: T) => void) => {
+    ch.subscribe(fn);
+    offs.push(() => ch.unsubscribe(fn));
+  };
+  on(events.sessionStart, onStart);
+  on(events.sessionEnd, onEnd);
+  on(events.query, onQuery);
+  on(events.clientLoginFailed, onFailed);
+  on(events.pin, onPin);
+  on(events.tokenExpired, onExpired);
+  on(events.cancel, onCancel);
 
   return {
     depth: () => Math.max(0, ...queues.map((q) => q.depth)),
@@ -129,13 +135,7 @@ export function startAudit(
     full: () => queues.some((q) => q.full),
     room: () => Promise.all(queues.map((q) => q.room())).then(() => undefined),
     async close() {
-      events.sessionStart.unsubscribe(onStart);
-      events.sessionEnd.unsubscribe(onEnd);
-      events.query.unsubscribe(onQuery);
-      events.clientLoginFailed.unsubscribe(onFailed);
-      events.pin.unsubscribe(onPin);
-      events.tokenExpired.unsubscribe(onExpired);
-      events.cancel.unsubscribe(onCancel);
+      for (const off of offs) off();
       await Promise.all(queues.map((q) => q.close()));
     },
   };
