@@ -59,27 +59,31 @@ export class AuditQueue {
     return new Promise((res) => this.waiters.push(res));
   }
 
-  /** Writes what is queued, batch by batch, to every sink; a failing sink keeps the batch for the next try. */
+  /** Writes what is queued, batch by batch, to the sink; a failing sink keeps the batch for the next try. */
   flush(): Promise<void> {
-    this.flushing ??= (async () => {
-      try {
-        while (this.items.length > 0) {
-          const batch = this.items.slice(0, this.batchSize);
-          try {
-            await this.sink.write(batch);
-          } catch (e) {
-            this.onSinkError(this.sink.name, e as Error);
-            return; // kept, retried by the timer
-          }
-          this.items.splice(0, batch.length);
-          this.written += batch.length;
-          if (!this.full) for (const w of this.waiters.splice(0)) w();
-        }
-      } finally {
-        this.flushing = null;
-      }
-    })();
+    if (this.flushing) return this.flushing;
+    if (this.items.length === 0) return Promise.resolve();
+    // `.finally` runs after the assignment below even when drain() settles at once (a stale settled promise left
+    // in `flushing` would stop every later flush).
+    this.flushing = this.drain().finally(() => {
+      this.flushing = null;
+    });
     return this.flushing;
+  }
+
+  private async drain(): Promise<void> {
+    while (this.items.length > 0) {
+      const batch = this.items.slice(0, this.batchSize);
+      try {
+        await this.sink.write(batch);
+      } catch (e) {
+        this.onSinkError(this.sink.name, e as Error);
+        return; // kept, retried by the timer
+      }
+      this.items.splice(0, batch.length);
+      this.written += batch.length;
+      if (!this.full) for (const w of this.waiters.splice(0)) w();
+    }
   }
 
   /** Graceful shutdown: everything queued is written (or the deadline passes), then sinks close. */

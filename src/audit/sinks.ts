@@ -79,6 +79,7 @@ export class PostgresSink implements AuditSink {
   constructor(
     private readonly connect: () => Promise<SqlConnection>,
     private readonly table: string,
+    private readonly writeTimeoutMs = 5000,
   ) {
     if (!IDENT.test(table)) throw new Error(`audit table name "${table}" is not a plain identifier`);
     this.name = `postgres:${table}`;
@@ -92,7 +93,15 @@ export class PostgresSink implements AuditSink {
   }
 
   private async run(c: SqlConnection, sql: string, params: (string | null)[]): Promise<void> {
-    const r = await c.queryRows(sql, params);
+    // A server that stops answering must not hold the queue forever: give up on the connection after a while.
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        c.close('audit write timed out');
+        reject(new Error('audit write timed out'));
+      }, this.writeTimeoutMs);
+    });
+    const r = await Promise.race([c.queryRows(sql, params), timeout]).finally(() => clearTimeout(timer));
     if (r instanceof Error) {
       if ((r as Error & { fatal?: boolean }).fatal) c.close('audit sink error');
       throw r;
@@ -102,7 +111,12 @@ export class PostgresSink implements AuditSink {
   async write(records: readonly object[]): Promise<void> {
     let c: SqlConnection;
     try {
-      c = await this.connection();
+      c = await Promise.race([
+        this.connection(),
+        new Promise<never>((_, reject) =>
+          setTimeout(() => reject(new Error('connect timed out')), this.writeTimeoutMs).unref(),
+        ),
+      ]);
     } catch (e) {
       throw new Error(`audit table unreachable: ${(e as Error).message}`);
     }

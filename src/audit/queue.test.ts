@@ -1,0 +1,45 @@
+// The audit queue: batches reach the sink in order, a failing sink keeps its records, drop counts, flush on an
+// empty queue does not wedge later flushes.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { AuditQueue, type AuditSink } from './queue.ts';
+
+function sink(fail: () => boolean) {
+  const got: object[] = [];
+  const s: AuditSink = {
+    name: 'mem',
+    async write(records) {
+      if (fail()) throw new Error('down');
+      got.push(...records);
+    },
+    async close() {},
+  };
+  return { s, got };
+}
+
+test('a flush of an empty queue does not stop later flushes', async () => {
+  const { s, got } = sink(() => false);
+  const q = new AuditQueue(s, 10, 'drop', () => undefined);
+  await q.flush();
+  q.push({ n: 1 });
+  await q.flush();
+  assert.deepEqual(got, [{ n: 1 }]);
+  await q.close();
+});
+
+test('a failing sink keeps its records until it recovers; a full queue drops and counts', async () => {
+  let down = true;
+  const errors: string[] = [];
+  const { s, got } = sink(() => down);
+  const q = new AuditQueue(s, 3, 'drop', (_n, e) => errors.push(e.message));
+  for (let i = 0; i < 5; i++) q.push({ i });
+  await q.flush();
+  assert.equal(q.depth, 3);
+  assert.equal(q.dropped, 2);
+  assert.ok(errors.includes('down'));
+  down = false;
+  await q.flush();
+  assert.deepEqual(got, [{ i: 0 }, { i: 1 }, { i: 2 }]);
+  assert.equal(q.depth, 0);
+  await q.close();
+});
