@@ -169,6 +169,11 @@ export class TransactionRelay implements ScanHandler, ServerSink {
   private statements: Map<string, NamedStatement> = NO_STATEMENTS;
   /** this.params as syncSql compares them with a server's (settable, not overridden by a setting); null: stale. */
   private reported: [string, string][] | null = null;
+  /**
+   * Everything syncSql reads from this client (settings and reported parameters) as one string; null: stale. A
+   * server found in step with an equal key, and unchanged since, needs no sync (ServerConnection.syncedKey).
+   */
+  private syncKey: string | null = null;
   /** maybeRelease as a microtask, allocated once instead of a closure per ReadyForQuery. */
   private readonly releaseTask: () => void;
   /** A standalone SET/RESET waiting for its ReadyForQuery to be recorded. */
@@ -200,6 +205,7 @@ export class TransactionRelay implements ScanHandler, ServerSink {
   /** A client parameter changed (ParameterStatus, a recorded SET): what syncSql compares is rebuilt on next use. */
   private paramsChanged(): void {
     this.reported = null;
+    this.syncKey = null;
   }
 
   get server(): ServerConnection | undefined {
@@ -381,7 +387,24 @@ export class TransactionRelay implements ScanHandler, ServerSink {
    */
   private syncSql(server: ServerConnection): string | undefined {
     // Runs on every lease: no closures, and the parameter filter (a regex, a lower-casing and three lookups per
-    // parameter) is computed once per change of the client's parameters, not per transaction.
+    // parameter) is computed once per change of the client's parameters, not per transaction. A server last found
+    // in step with the same client state, and unchanged since, is not compared again.
+    let reported = this.reported;
+    if (reported === null) {
+      reported = [];
+      for (const [name, value] of this.params) {
+        if (NOT_SETTABLE.has(name) || this.settings.has(name.toLowerCase()) || !IDENT.test(name)) continue;
+        reported.push([name, value]);
+      }
+      this.reported = reported;
+    }
+    let key = this.syncKey;
+    if (key === null) {
+      key = JSON.stringify([[...this.settings], reported]);
+      this.syncKey = key;
+    }
+    const version = server.params.version + server.applied.version;
+    if (server.syncedKey === key && server.syncedVersion === version) return undefined;
     const parts: string[] = [];
     const calls: string[] = [];
     for (const [name, value] of this.settings) {
@@ -394,21 +417,16 @@ export class TransactionRelay implements ScanHandler, ServerSink {
         if (!this.settings.has(name)) parts.push(`RESET "${name}"`);
       }
     }
-    let reported = this.reported;
-    if (reported === null) {
-      reported = [];
-      for (const [name, value] of this.params) {
-        if (NOT_SETTABLE.has(name) || this.settings.has(name.toLowerCase()) || !IDENT.test(name)) continue;
-        reported.push([name, value]);
-      }
-      this.reported = reported;
-    }
     for (let i = 0; i < reported.length; i++) {
       const [name, value] = reported[i]!;
       if (server.params.get(name) !== value) setConfigCall(calls, name, value);
     }
     if (calls.length) parts.push(`DO ${DO_TAG}BEGIN ${calls.join(' ')} END${DO_TAG}`);
-    if (parts.length === 0) return undefined;
+    if (parts.length === 0) {
+      server.syncedKey = key;
+      server.syncedVersion = version;
+      return undefined;
+    }
     server.applied.clear();
     for (const [k, v] of this.settings) server.applied.set(k, v);
     for (const [name, value] of this.params) if (!NOT_SETTABLE.has(name)) server.params.set(name, value);

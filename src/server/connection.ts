@@ -92,6 +92,26 @@ function mergePolicy(policy: Uint8Array): Uint8Array {
 
 let nextId = 1;
 
+/** A Map that counts its changes (set, delete, clear), so a reader can tell whether it changed since it looked. */
+export class VersionedMap<K, V> extends Map<K, V> {
+  version = 0;
+
+  override set(key: K, value: V): this {
+    this.version++;
+    return super.set(key, value);
+  }
+
+  override delete(key: K): boolean {
+    this.version++;
+    return super.delete(key);
+  }
+
+  override clear(): void {
+    this.version++;
+    super.clear();
+  }
+}
+
 export class ServerConnection implements ScanHandler {
   readonly id = nextId++;
   readonly createdAt = Date.now();
@@ -103,11 +123,17 @@ export class ServerConnection implements ScanHandler {
   outstanding = 0;
   /** In COPY (in, out or both) since the last ReadyForQuery. */
   inCopy = false;
-  readonly params = new Map<string, string>();
+  readonly params = new VersionedMap<string, string>();
   /** The parameters as reported at login, before any client changed them. */
   loginParams: ReadonlyMap<string, string> = new Map();
   /** Settings gprxy applied for the current or last client (name -> SQL value text), for transaction-mode sync. */
-  readonly applied = new Map<string, string>();
+  readonly applied = new VersionedMap<string, string>();
+  /**
+   * Transaction-mode sync: the client state (TransactionRelay's sync key) this server was last found in step with,
+   * and params.version + applied.version at that time. Any change to either map since makes it stale.
+   */
+  syncedKey: string | undefined;
+  syncedVersion = -1;
   /** Named statements this server holds (transaction mode). */
   readonly statements = new StatementCache(200);
   /** An extended-protocol sequence was left without its Sync: the server is not at a clean boundary. */
