@@ -9,6 +9,7 @@ import { parseUserlist, type Secret } from './auth/verifiers.ts';
 import { CancelRegistry } from './cancel/registry.ts';
 import { AuthQuery } from './client/auth-query.ts';
 import type { ProxyContext } from './client/context.ts';
+import { PerUserRoles } from './client/per-user.ts';
 import { backendCredential, ClientSession, newMockKey } from './client/session.ts';
 import { type Config, findDatabase, loadConfigFile, poolSettings } from './config/load.ts';
 import { createEvents } from './events.ts';
@@ -221,6 +222,7 @@ export async function startProxy(
       return q.lookup(user);
     },
     hba: () => hba,
+    perUser: new PerUserRoles({ config: () => config, log, connect: (t) => ctx.connectServer(t) }),
     checkServiceLogin(database) {
       const user = config.sso.service_user;
       if (!user || checkedServiceLogins.has(database)) return;
@@ -356,6 +358,7 @@ export async function startProxy(
     'gprxy listening',
   );
   listening = true;
+  void ctx.perUser.reconcile('start');
   const http = await ops.startHttp().catch(async (e: Error) => {
     await listener.close();
     throw e;
@@ -387,6 +390,7 @@ export async function startProxy(
       for (const q of authQueries.values()) q.close();
       authQueries = new Map();
       log.info({ event: 'reload', source: next.source }, 'configuration reloaded');
+      void ctx.perUser.reconcile('reload');
     },
     shutdown(opts = {}) {
       stopping ??= stop(opts.graceful !== false).then(markStopped);

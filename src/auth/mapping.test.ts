@@ -1,7 +1,7 @@
 // SSO mapping rules: first match on group, app role or email glob; database allow-lists.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { databaseAllowed, globMatch, mapIdentity } from './mapping.ts';
+import { databaseAllowed, globMatch, MAX_ROLE_NAME_BYTES, mapIdentity, perUserRoleName } from './mapping.ts';
 import type { Identity } from './oidc/verify.ts';
 
 const id = (o: Partial<Identity>): Identity => ({
@@ -36,4 +36,25 @@ test('globs are literal except *; database lists', () => {
   const m = mapIdentity(rules, id({ roles: ['Reader'] }))!;
   assert.equal(databaseAllowed(m, 'reports'), true);
   assert.equal(databaseAllowed(m, 'payroll'), false);
+});
+
+test('per_user role names: the identity when it fits 63 bytes, else a whole-character prefix, ~ and a hash', () => {
+  assert.equal(perUserRoleName('alice@example.com'), 'alice@example.com');
+  const exact = `${'a'.repeat(51)}@example.com`;
+  assert.equal(Buffer.byteLength(exact), 63);
+  assert.equal(perUserRoleName(exact), exact, '63 bytes fit');
+  const long = `${'b'.repeat(60)}@example.com`;
+  const name = perUserRoleName(long)!;
+  assert.match(name, /^b{52}~[0-9a-f]{10}$/);
+  assert.equal(Buffer.byteLength(name), MAX_ROLE_NAME_BYTES);
+  assert.equal(perUserRoleName(long), name, 'stable');
+  assert.notEqual(perUserRoleName(`${'b'.repeat(60)}@example.org`), name, 'a shared prefix still differs');
+  // Multi-byte characters are never split: the prefix stays valid UTF-8 within the byte budget.
+  const wide = `${'é'.repeat(40)}@example.com`;
+  const w = perUserRoleName(wide)!;
+  assert.ok(Buffer.byteLength(w) <= MAX_ROLE_NAME_BYTES);
+  assert.match(w, /^é{26}~[0-9a-f]{10}$/);
+  assert.equal(Buffer.from(w, 'utf8').toString('utf8'), w);
+  assert.equal(perUserRoleName(''), undefined);
+  assert.equal(perUserRoleName('a\0b'), undefined);
 });

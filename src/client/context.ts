@@ -11,6 +11,7 @@ import type { KeyResolvers } from '../net/oidc-keys.ts';
 import type { PoolRegistry } from '../pool/pool.ts';
 import type { Frame } from '../protocol/framer.ts';
 import type { BackendCredential, ServerConnection, ServerTarget } from '../server/connection.ts';
+import type { PerUserRoles } from './per-user.ts';
 
 export interface ProxyContext {
   /** The current config (replaced on reload; a session reads it once at startup). */
@@ -38,6 +39,8 @@ export interface ProxyContext {
   clientCount(): number;
   /** The audit trail when configured: with on_overflow block, a full queue holds client reads. */
   audit?: { readonly blocking: boolean; full(): boolean; room(): Promise<void> };
+  /** SSO per_user backend: the provisioned per-person logins and their passwords. */
+  perUser: PerUserRoles;
   /** set_role routes: checks once per database that the service login cannot do more than the mapped roles. */
   checkServiceLogin(database: string): void;
   /** Pins by reason since start (transaction mode). */

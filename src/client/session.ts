@@ -548,14 +548,18 @@ export class ClientSession implements ClientIO, AuthChannel {
     const ctx = this.ctx;
     const forced = db.user !== undefined && db.password !== undefined;
     const forcedPassword = db.password;
+    // per_user: the person's own login, with the password gprxy provisioned for it.
+    const perUser = this.sso !== undefined && cfg.sso.backend === 'per_user';
     const database = db.dbname ?? this.database;
     return ctx.pools.getOrCreate(key, settings, () => {
       // Read the config and credentials at dial time: a reload or a re-learned credential applies to new servers.
       const c = ctx.config();
       const d = findDatabase(c, key.database) ?? db;
-      const credential: BackendCredential | undefined = forced
-        ? { kind: 'password', password: forcedPassword! }
-        : backendCredential(ctx, backendUser);
+      const credential: BackendCredential | undefined = perUser
+        ? ctx.perUser.credential(backendUser)
+        : forced
+          ? { kind: 'password', password: forcedPassword! }
+          : backendCredential(ctx, backendUser);
       return ctx
         .connectServer({
           host: d.host,
@@ -572,6 +576,7 @@ export class ClientSession implements ClientIO, AuthChannel {
           if (e instanceof PgError && e.sqlState === '28P01' && ctx.learned.get(backendUser) === credential) {
             ctx.learned.delete(backendUser);
           }
+          if (perUser && e instanceof PgError && e.sqlState === '28P01') ctx.perUser.forget(backendUser);
           throw e;
         });
     });

@@ -1,6 +1,6 @@
 // SSO login for humans: the OIDC access token arrives as the password (AuthenticationCleartextPassword) or through
-// SASL OAUTHBEARER (RFC 7628, as PostgreSQL 18 speaks it); it is verified, mapped to a database login, and the
-// identity is carried to the server as application_name and gprxy.identity.
+// SASL OAUTHBEARER (RFC 7628, as PostgreSQL 18 speaks it); it is verified, mapped to a database login (per_user: the
+// person's own provisioned login), and the identity is carried to the server as application_name and gprxy.identity.
 import { databaseAllowed, mapIdentity } from '../auth/mapping.ts';
 import { type Identity, providerFor, TokenError, verifyToken } from '../auth/oidc/verify.ts';
 import type { Config } from '../config/load.ts';
@@ -13,8 +13,13 @@ import type { ProxyContext } from './context.ts';
 
 export interface SsoLogin {
   identity: Identity;
-  /** The database login the identity maps to (service_account). */
+  /**
+   * The role the person's statements run as: the mapped login (service_account), the mapped role (set_role), or
+   * their own provisioned login, a member of the mapped role (per_user).
+   */
   role: string;
+  /** The role the mapping rules chose. */
+  mapped: string;
   method: 'oidc-password' | 'oidc-oauthbearer';
 }
 
@@ -121,9 +126,13 @@ export async function ssoLogin(ch: AuthChannel, ctx: ProxyContext, req: SsoReque
       'GPRXY_SSO_USER_MISMATCH',
     );
   }
+  const perUser = cfg.sso.backend === 'per_user';
   const mapped = mapIdentity(cfg.sso.mapping, identity);
-  if (!mapped)
+  if (!mapped) {
+    // per_user: a person who no longer maps loses the grants gprxy made and their login is disabled.
+    if (perUser) await ctx.perUser.unmapped(identity);
     throw refused(`no SSO mapping rule matches identity "${identity.name}"`, 'GPRXY_SSO_NO_MAPPING');
+  }
   if (!databaseAllowed(mapped, req.database)) {
     throw refused(
       `identity "${identity.name}" is not allowed to use database "${req.database}"`,
@@ -132,7 +141,8 @@ export async function ssoLogin(ch: AuthChannel, ctx: ProxyContext, req: SsoReque
   }
   return {
     identity,
-    role: mapped.role,
+    role: perUser ? await ctx.perUser.login(identity, mapped.role, req.database) : mapped.role,
+    mapped: mapped.role,
     method: req.exchange === 'oauthbearer' ? 'oidc-oauthbearer' : 'oidc-password',
   };
 }

@@ -12,7 +12,7 @@ import {
   type PoolSettings,
   type RawConfig,
 } from './schema.ts';
-import { resolveSecret } from './secrets.ts';
+import { masterKey, resolveSecret } from './secrets.ts';
 
 export type Config = Readonly<ParsedConfig> & {
   /** Directory relative paths in the file are resolved against. */
@@ -81,6 +81,7 @@ export function parseConfig(raw: unknown, opts: { env: Env; baseDir: string; sou
       `invalid config ${opts.source}: sso.service_user: needed with sso.backend set_role`,
     );
   }
+  const perUserKey = c.sso.backend === 'per_user' ? checkPerUser(c, opts) : undefined;
   if (c.auth.query !== undefined && c.auth.user === undefined) {
     throw new ConfigError(
       `invalid config ${opts.source}: auth.user: needed with auth.query (the login it runs as)`,
@@ -114,7 +115,42 @@ export function parseConfig(raw: unknown, opts: { env: Env; baseDir: string; sou
       `invalid config ${opts.source}: listen.require_tls: needs listen.tls (cert and key)`,
     );
   }
-  return deepFreeze({ ...c, baseDir: opts.baseDir, source: opts.source });
+  const frozen = deepFreeze({ ...c, baseDir: opts.baseDir, source: opts.source });
+  if (perUserKey) perUserKeys.set(frozen, perUserKey);
+  return frozen;
+}
+
+/** per_user state keys by config: held beside the frozen object, never in it (nothing prints or walks it). */
+const perUserKeys = new WeakMap<Config, Buffer>();
+
+/** The master key the per_user state file is encrypted with (set when sso.backend is per_user). */
+export function perUserStateKey(config: Config): Buffer | undefined {
+  return perUserKeys.get(config);
+}
+
+/** sso.backend per_user: provisioner, state file and master key are required; the state file path is resolved. */
+function checkPerUser(c: ParsedConfig, opts: { env: Env; baseDir: string; source: string }): Buffer {
+  const bad = (msg: string) => new ConfigError(`invalid config ${opts.source}: ${msg}`);
+  const p = c.sso.provisioner;
+  if (!p) throw bad('sso.provisioner: needed with sso.backend per_user ({ user, database })');
+  if ((c.databases[p.database] ?? c.databases['*']) === undefined) {
+    throw bad(`sso.provisioner.database: no database entry "${p.database}"`);
+  }
+  if (c.users[p.user]?.password === undefined) {
+    throw bad(`users.${p.user}.password: needed for the provisioner login (sso.provisioner.user)`);
+  }
+  if (c.sso.state_file === undefined) throw bad('sso.state_file: needed with sso.backend per_user');
+  if (!isAbsolute(c.sso.state_file)) c.sso.state_file = resolve(opts.baseDir, c.sso.state_file);
+  if (opts.env.GPRXY_MASTER_KEY === undefined && !opts.env.GPRXY_MASTER_KEY_FILE) {
+    throw bad(
+      'sso.backend: per_user keeps role passwords encrypted: set GPRXY_MASTER_KEY or GPRXY_MASTER_KEY_FILE',
+    );
+  }
+  try {
+    return masterKey(opts.env);
+  } catch (e) {
+    throw bad(`sso.backend: per_user: ${(e as Error).message}`);
+  }
 }
 
 export function parseConfigText(text: string, opts: { env: Env; baseDir: string; source: string }): Config {

@@ -118,7 +118,7 @@ const ssoRule = z.strictObject({
     role: z.string().optional(),
     email: z.string().optional(),
   }),
-  /** The database login (service_account) this identity uses. */
+  /** The database login (service_account), the role granted to the person's own login (per_user), or SET ROLE to. */
   role: z.string(),
   databases: z.array(z.string()).default(['*']),
 });
@@ -183,12 +183,21 @@ export const configSchema = z.strictObject({
       providers: z.array(ssoProvider).default([]),
       mapping: z.array(ssoRule).default([]),
       /**
-       * service_account: each mapped role is its own LOGIN. set_role: one service login per database, and
-       * SET ROLE to the mapped role for the person (attribution, not confinement).
+       * service_account: each mapped role is its own LOGIN. per_user: gprxy provisions a LOGIN role per person
+       * (random password kept encrypted in state_file) and grants it the mapped role. set_role: one service login
+       * per database, and SET ROLE to the mapped role for the person (attribution, not confinement).
        */
-      backend: z.enum(['service_account', 'set_role']).default('service_account'),
+      backend: z.enum(['service_account', 'per_user', 'set_role']).default('service_account'),
       /** set_role: the login whose servers all SSO sessions share (password in users.<name>.password). */
       service_user: z.string().optional(),
+      /**
+       * per_user: the login that creates, grants and disables the per-person roles (CREATEROLE, and ADMIN OPTION
+       * on the mapped roles from PostgreSQL 16 on; password in users.<user>.password). `database` is a database
+       * entry: the per-person roles live on its server.
+       */
+      provisioner: z.strictObject({ user: z.string().min(1), database: z.string().min(1) }).optional(),
+      /** per_user: where gprxy keeps the roles it made, their encrypted passwords and grants (written 0600). */
+      state_file: z.string().min(1).optional(),
       /** Startup user names that stand for "whoever the token says" besides the identity itself. */
       aliases: z.array(z.string()).default(['sso']),
       token_expiry: z.enum(['disconnect', 'login_only']).default('disconnect'),
