@@ -25,20 +25,6 @@ export interface CancelEvent {
   matched: boolean;
 }
 
-/** A client got a server: how long it waited in the pool's queue (0 when an idle server was at hand). */
-export interface ServerWaitEvent {
-  database: string;
-  user: string;
-  waitMs: number;
-}
-
-/** A lease ended: in transaction/statement mode this is the transaction (or statement) duration. */
-export interface ServerLeaseEvent {
-  database: string;
-  user: string;
-  leaseMs: number;
-}
-
 /** A client finished logging in: who it is, for every later record of the session. */
 export interface SessionStartEvent {
   session: number;
@@ -100,8 +86,6 @@ export interface ProxyEvents {
   readonly clientLogin: TypedChannel<ClientLoginEvent>;
   readonly clientLoginFailed: TypedChannel<ClientLoginFailedEvent>;
   readonly cancel: TypedChannel<CancelEvent>;
-  readonly serverWait: TypedChannel<ServerWaitEvent>;
-  readonly serverLease: TypedChannel<ServerLeaseEvent>;
   readonly sessionStart: TypedChannel<SessionStartEvent>;
   readonly sessionEnd: TypedChannel<SessionEndEvent>;
   readonly query: TypedChannel<QueryEvent>;
@@ -136,8 +120,6 @@ export function createEvents(): ProxyEvents {
     clientLogin: typed(n('client:login')),
     clientLoginFailed: typed(n('client:login_failed')),
     cancel: typed(n('cancel')),
-    serverWait: typed(n('server:wait')),
-    serverLease: typed(n('server:lease')),
     sessionStart: typed(n('session:start')),
     sessionEnd: typed(n('session:end')),
     query: typed(n('query')),

@@ -140,20 +140,17 @@ export async function startProxy(
           ),
       )
     : undefined;
-  const pools = new PoolRegistry<ServerConnection>(
-    Date.now,
-    (key, err) =>
-      log.warn(
-        {
-          event: 'server_login_failed',
-          db: key.database,
-          user: key.user,
-          sqlstate: err.sqlState,
-          reason: err.message,
-        },
-        'server login failed',
-      ),
-    events,
+  const pools = new PoolRegistry<ServerConnection>(Date.now, (key, err) =>
+    log.warn(
+      {
+        event: 'server_login_failed',
+        db: key.database,
+        user: key.user,
+        sqlstate: err.sqlState,
+        reason: err.message,
+      },
+      'server login failed',
+    ),
   );
   let draining = false;
   let listening = false;

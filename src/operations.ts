@@ -61,36 +61,53 @@ export function createOperations(d: OperationsDeps): Operations {
   const poolsOf = (db: string | undefined): Pool<ServerConnection>[] =>
     d.pools.all().filter((p) => db === undefined || p.key.database === db);
 
+  /** One row per pool (SHOW POOLS/STATS, /api/pools, /metrics), with the pool it describes. */
+  const poolRows = (): { pool: Pool<ServerConnection>; row: PoolRow }[] => {
+    const linked = new Map<string, number>();
+    for (const s of d.sessions) {
+      const st = clientState(s);
+      if (st !== 'active' && st !== 'idle') continue;
+      const k = `${s.database}\u0000${backendUser(s)}`;
+      linked.set(k, (linked.get(k) ?? 0) + 1);
+    }
+    return d.pools.all().map((p) => {
+      const c = p.counts;
+      const t = p.stats;
+      const row: PoolRow = {
+        database: p.key.database,
+        user: p.key.user,
+        pool_mode: p.settings.pool_mode,
+        cl_active: linked.get(`${p.key.database}\u0000${p.key.user}`) ?? 0,
+        cl_waiting: c.waiting,
+        sv_active: c.active,
+        sv_idle: c.idle,
+        sv_login: c.connecting,
+        maxwait_ms: p.maxWaitMs,
+        paused: p.paused,
+        leases: t.leases,
+        wait_ms: t.waitMs,
+        xacts: t.xacts,
+        xact_ms: t.xactMs,
+        queries: t.queries,
+        query_ms: t.queryMs,
+        received: t.received,
+        sent: t.sent,
+        client_parses: t.clientParses,
+        server_parses: t.serverParses,
+        binds: t.binds,
+        prepared_hits: t.preparedHits,
+        prepared_misses: t.preparedMisses,
+        servers_opened: t.opened,
+        servers_closed: t.closed,
+      };
+      return { pool: p, row };
+    });
+  };
+
   const view: AdminView = {
     config: d.config,
     pools() {
-      const linked = new Map<string, number>();
-      for (const s of d.sessions) {
-        const st = clientState(s);
-        if (st !== 'active' && st !== 'idle') continue;
-        const k = `${s.database}\u0000${backendUser(s)}`;
-        linked.set(k, (linked.get(k) ?? 0) + 1);
-      }
-      return d.pools.all().map((p): PoolRow => {
-        const c = p.counts;
-        return {
-          database: p.key.database,
-          user: p.key.user,
-          pool_mode: p.settings.pool_mode,
-          cl_active: linked.get(`${p.key.database}\u0000${p.key.user}`) ?? 0,
-          cl_waiting: c.waiting,
-          sv_active: c.active,
-          sv_idle: c.idle,
-          sv_login: c.connecting,
-          maxwait_ms: p.maxWaitMs,
-          paused: p.paused,
-          leases: p.stats.leases,
-          lease_ms: p.stats.leaseMs,
-          wait_ms: p.stats.waitMs,
-          servers_opened: p.stats.opened,
-          servers_closed: p.stats.closed,
-        };
-      });
+      return poolRows().map((r) => r.row);
     },
     clients() {
       const rows: ClientRow[] = [];
@@ -203,7 +220,13 @@ export function createOperations(d: OperationsDeps): Operations {
 
   const metrics = createMetrics(
     {
-      pools: () => view.pools(),
+      pools: () =>
+        poolRows().map(({ pool, row }) => ({
+          ...row,
+          wait: pool.stats.wait,
+          query: pool.stats.query,
+          xact: pool.stats.xact,
+        })),
       clients: () => view.clients(),
       pins: () => d.pins,
       audit: () => (d.audit ? { depth: d.audit.depth(), dropped: d.audit.dropped() } : undefined),

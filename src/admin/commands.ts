@@ -224,37 +224,79 @@ function serverRow(v: ServerRow): (string | null)[] {
 }
 
 function statsRows(pools: PoolRow[]): (string | null)[][] {
-  const byDb = new Map<string, { assign: number; xact: number; xactMs: number; waitMs: number }>();
+  type Totals = {
+    assign: number;
+    xact: number;
+    query: number;
+    recv: number;
+    sent: number;
+    xactMs: number;
+    queryMs: number;
+    waitMs: number;
+    clientParse: number;
+    serverParse: number;
+    bind: number;
+  };
+  const byDb = new Map<string, Totals>();
   for (const p of pools) {
-    const t = byDb.get(p.database) ?? { assign: 0, xact: 0, xactMs: 0, waitMs: 0 };
-    t.assign += p.leases;
-    t.waitMs += p.wait_ms;
-    // A lease is one transaction (or statement) in those modes; session-mode transactions are not counted.
-    if (p.pool_mode !== 'session') {
-      t.xact += p.leases;
-      t.xactMs += p.lease_ms;
+    let t = byDb.get(p.database);
+    if (!t) {
+      t = {
+        assign: 0,
+        xact: 0,
+        query: 0,
+        recv: 0,
+        sent: 0,
+        xactMs: 0,
+        queryMs: 0,
+        waitMs: 0,
+        clientParse: 0,
+        serverParse: 0,
+        bind: 0,
+      };
+      byDb.set(p.database, t);
     }
-    byDb.set(p.database, t);
+    t.assign += p.leases;
+    t.xact += p.xacts;
+    t.query += p.queries;
+    t.recv += p.received;
+    t.sent += p.sent;
+    t.xactMs += p.xact_ms;
+    t.queryMs += p.query_ms;
+    t.waitMs += p.wait_ms;
+    t.clientParse += p.client_parses;
+    t.serverParse += p.server_parses;
+    t.bind += p.binds;
   }
   const us = (ms: number) => String(Math.round(ms * 1000));
-  return [...byDb].map(([db, t]) => {
-    const row: (string | null)[] = [
-      db,
-      s(t.assign),
-      s(t.xact),
-      s(t.xact),
-      '0',
-      '0',
-      us(t.xactMs),
-      us(t.xactMs),
-    ];
-    row.push(us(t.waitMs), '0', '0', '0');
-    // Averages since start (pgbouncer's are per stats_period); per-second rates are not tracked: 0.
-    const avgXact = t.xact ? t.xactMs / t.xact : 0;
-    const avgWait = t.assign ? t.waitMs / t.assign : 0;
-    row.push('0', '0', '0', '0', '0', us(avgXact), us(avgXact), us(avgWait), '0', '0', '0');
-    return row;
-  });
+  const per = (ms: number, n: number) => us(n ? ms / n : 0);
+  return [...byDb].map(([db, t]) => [
+    db,
+    s(t.assign),
+    s(t.xact),
+    s(t.query),
+    s(t.recv),
+    s(t.sent),
+    us(t.xactMs),
+    us(t.queryMs),
+    us(t.waitMs),
+    s(t.clientParse),
+    s(t.serverParse),
+    s(t.bind),
+    // pgbouncer's avg_*_count/recv/sent are per-second rates over its stats_period; gprxy does not sample
+    // rates (Prometheus does, from the totals): 0. The avg_*_time columns are per transaction/query/assignment.
+    '0',
+    '0',
+    '0',
+    '0',
+    '0',
+    per(t.xactMs, t.xact),
+    per(t.queryMs, t.query),
+    per(t.waitMs, t.assign),
+    '0',
+    '0',
+    '0',
+  ]);
 }
 
 function configRows(ctx: CommandContext): (string | null)[][] {

@@ -17,10 +17,23 @@ export interface PoolRow {
   /** Oldest waiting client's wait, ms. */
   maxwait_ms: number;
   paused: boolean;
-  /** Totals since start. */
+  /** Totals since start: server assignments and the time clients waited for them. */
   leases: number;
-  lease_ms: number;
   wait_ms: number;
+  /** Transactions and requests answered by ReadyForQuery, with their time (ms, fractional). */
+  xacts: number;
+  xact_ms: number;
+  queries: number;
+  query_ms: number;
+  /** Bytes from clients to servers, and back. */
+  received: number;
+  sent: number;
+  /** Parse messages from clients and to servers, Bind messages; named statements a server had or lacked. */
+  client_parses: number;
+  server_parses: number;
+  binds: number;
+  prepared_hits: number;
+  prepared_misses: number;
   servers_opened: number;
   servers_closed: number;
 }

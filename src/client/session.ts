@@ -253,6 +253,7 @@ export class ClientSession implements ClientIO, AuthChannel {
           session.fail(error);
         },
       },
+      pool.stats,
       this.queryTracker(),
       this.ctx.config().max_packet_size,
     );
@@ -305,6 +306,7 @@ export class ClientSession implements ClientIO, AuthChannel {
         maxPreparedStatements: st.max_prepared_statements,
         maxPacketSize: this.ctx.config().max_packet_size,
         guardIdentity: this.setRole(),
+        stats: pool.stats,
         ...(st.pool_mode === 'session' ? { pinFromStart: 'sso_session' as const } : {}),
       },
       new Map(),

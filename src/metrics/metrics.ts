@@ -1,15 +1,19 @@
-// Prometheus metrics on a per-proxy registry (several proxies in one process stay apart). Gauges and totals are
-// read from pool/session state in collect(); histograms and login counters come from events.ts subscriptions, so
-// the core publishes them only while this module listens.
-import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
-import type {
-  CancelEvent,
-  ClientLoginEvent,
-  ClientLoginFailedEvent,
-  ProxyEvents,
-  ServerLeaseEvent,
-  ServerWaitEvent,
-} from '../events.ts';
+// Prometheus metrics on a per-proxy registry (several proxies in one process stay apart). Gauges, totals and the
+// latency histograms are read from pool/session state at scrape time (pools keep bucket counts, so the hot path
+// never touches prom-client); login and cancel counters come from events.ts subscriptions, so the core publishes
+// those only while this module listens.
+import { Counter, collectDefaultMetrics, Gauge, type MetricValueWithName, Registry } from 'prom-client';
+import type { CancelEvent, ClientLoginEvent, ClientLoginFailedEvent, ProxyEvents } from '../events.ts';
+
+/** A histogram a pool keeps itself: bucket counts (not cumulative; the last slot is +Inf), sum in ms, count. */
+export interface HistogramData {
+  readonly bounds: readonly number[];
+  readonly counts: ArrayLike<number>;
+  readonly sumMs: number;
+  readonly count: number;
+}
+
+type PoolHistogram = 'wait' | 'query' | 'xact';
 
 /** What metrics read at scrape time (structural: main.ts adapts pools and sessions). */
 export interface MetricsSource {
@@ -23,8 +27,17 @@ export interface MetricsSource {
     cl_waiting: number;
     maxwait_ms: number;
     leases: number;
+    xacts: number;
+    queries: number;
+    received: number;
+    sent: number;
+    prepared_hits: number;
+    prepared_misses: number;
     servers_opened: number;
     servers_closed: number;
+    wait: HistogramData;
+    query: HistogramData;
+    xact: HistogramData;
   }[];
   clients(): readonly { database: string; user: string; state: string }[];
   /** Pins by reason since start. */
@@ -39,10 +52,6 @@ export interface ProxyMetrics {
   scrape(): Promise<{ contentType: string; body: string }>;
   close(): void;
 }
-
-const SECONDS_BUCKETS = [
-  0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
-];
 
 export function createMetrics(source: MetricsSource, events: ProxyEvents): ProxyMetrics {
   const registry = new Registry();
@@ -116,6 +125,52 @@ export function createMetrics(source: MetricsSource, events: ProxyEvents): Proxy
   );
   totals('gprxy_servers_opened_total', 'Server connections opened', (p) => p.servers_opened);
   totals('gprxy_servers_closed_total', 'Server connections closed', (p) => p.servers_closed);
+  totals(
+    'gprxy_transactions_total',
+    'Transactions (autocommit statements included) ended by a ReadyForQuery "I"',
+    (p) => p.xacts,
+  );
+  totals(
+    'gprxy_queries_total',
+    'Requests answered by a ReadyForQuery (a simple Query, or extended messages up to their Sync)',
+    (p) => p.queries,
+  );
+  totals('gprxy_client_bytes_received_total', 'Bytes relayed from clients to servers', (p) => p.received);
+  totals('gprxy_client_bytes_sent_total', 'Bytes relayed from servers to clients', (p) => p.sent);
+  new Counter({
+    name: 'gprxy_prepared_statements_total',
+    help: 'Uses of named prepared statements in transaction mode: hit (the server had it) or miss (prepared first)',
+    labelNames: ['database', 'user', 'result'] as const,
+    registers,
+    collect() {
+      this.reset();
+      for (const p of source.pools()) {
+        this.inc({ database: p.database, user: p.user, result: 'hit' }, p.prepared_hits);
+        this.inc({ database: p.database, user: p.user, result: 'miss' }, p.prepared_misses);
+      }
+    },
+  });
+  poolHistogram(
+    registry,
+    source,
+    'gprxy_server_wait_seconds',
+    'Time a client waited for a server (0 when one was idle)',
+    'wait',
+  );
+  poolHistogram(
+    registry,
+    source,
+    'gprxy_query_duration_seconds',
+    'Time from a request to its ReadyForQuery, while the client holds a server',
+    'query',
+  );
+  poolHistogram(
+    registry,
+    source,
+    'gprxy_transaction_duration_seconds',
+    'Time from the first request after idle to ReadyForQuery "I" (autocommit statements included)',
+    'xact',
+  );
   new Counter({
     name: 'gprxy_pins_total',
     help: 'Transaction-mode clients pinned to their server, by reason',
@@ -163,51 +218,15 @@ export function createMetrics(source: MetricsSource, events: ProxyEvents): Proxy
     labelNames: ['result'] as const,
     registers,
   });
-  const wait = new Histogram({
-    name: 'gprxy_server_wait_seconds',
-    help: 'Time a client waited for a server (0 when one was idle)',
-    labelNames: ['database', 'user'] as const,
-    buckets: SECONDS_BUCKETS,
-    registers,
-  });
-  const lease = new Histogram({
-    name: 'gprxy_server_lease_seconds',
-    help: 'How long a client held a server: the transaction duration in transaction mode, the session in session mode',
-    labelNames: ['database', 'user'] as const,
-    buckets: SECONDS_BUCKETS,
-    registers,
-  });
-
-  // Label children are bound once per pool, not per event.
-  const bound = <T>(h: Histogram<'database' | 'user'>) => {
-    const cache = new Map<string, T>();
-    return (db: string, user: string): T => {
-      const k = `${db}\u0000${user}`;
-      let c = cache.get(k);
-      if (!c) {
-        c = h.labels({ database: db, user }) as unknown as T;
-        cache.set(k, c);
-      }
-      return c;
-    };
-  };
-  type Observer = { observe(v: number): void };
-  const waitOf = bound<Observer>(wait);
-  const leaseOf = bound<Observer>(lease);
-
   const onLogin = (e: ClientLoginEvent) => logins.inc({ method: e.method, result: 'ok' });
   const onLoginFailed = (e: ClientLoginFailedEvent) => {
     logins.inc({ method: 'unknown', result: 'failed' });
     loginFailures.inc({ sqlstate: e.sqlstate });
   };
   const onCancel = (e: CancelEvent) => cancels.inc({ result: e.matched ? 'forwarded' : 'unknown' });
-  const onWait = (e: ServerWaitEvent) => waitOf(e.database, e.user).observe(e.waitMs / 1000);
-  const onLease = (e: ServerLeaseEvent) => leaseOf(e.database, e.user).observe(e.leaseMs / 1000);
   events.clientLogin.subscribe(onLogin);
   events.clientLoginFailed.subscribe(onLoginFailed);
   events.cancel.subscribe(onCancel);
-  events.serverWait.subscribe(onWait);
-  events.serverLease.subscribe(onLease);
 
   return {
     registry,
@@ -218,9 +237,45 @@ export function createMetrics(source: MetricsSource, events: ProxyEvents): Proxy
       events.clientLogin.unsubscribe(onLogin);
       events.clientLoginFailed.unsubscribe(onLoginFailed);
       events.cancel.unsubscribe(onCancel);
-      events.serverWait.unsubscribe(onWait);
-      events.serverLease.unsubscribe(onLease);
       registry.clear();
     },
   };
+}
+
+/** A histogram rendered at scrape time from the pools' own bucket counts (per database and user). */
+function poolHistogram(
+  registry: Registry,
+  source: MetricsSource,
+  name: string,
+  help: string,
+  pick: PoolHistogram,
+): void {
+  registry.registerMetric({
+    name,
+    help,
+    type: 'histogram',
+    aggregator: 'sum',
+    reset() {},
+    get() {
+      const values: MetricValueWithName<string>[] = [];
+      for (const p of source.pools()) {
+        const h = p[pick];
+        const labels = { database: p.database, user: p.user };
+        let cumulative = 0;
+        for (let i = 0; i < h.bounds.length; i++) {
+          cumulative += h.counts[i] ?? 0;
+          values.push({
+            metricName: `${name}_bucket`,
+            labels: { ...labels, le: h.bounds[i]! },
+            value: cumulative,
+          });
+        }
+        cumulative += h.counts[h.bounds.length] ?? 0;
+        values.push({ metricName: `${name}_bucket`, labels: { ...labels, le: '+Inf' }, value: cumulative });
+        values.push({ metricName: `${name}_sum`, labels, value: h.sumMs / 1000 });
+        values.push({ metricName: `${name}_count`, labels, value: h.count });
+      }
+      return { name, help, type: 'histogram', aggregator: 'sum', values };
+    },
+  } as unknown as Parameters<Registry['registerMetric']>[0]);
 }

@@ -2,8 +2,8 @@
 // lifetime, login-retry back-off; PoolRegistry holds the pools and the per-database/per-user connection caps.
 // No sockets here: servers come from an injected connect function.
 import type { PoolSettings } from '../config/schema.ts';
-import type { ProxyEvents } from '../events.ts';
 import { PgError } from '../protocol/errors.ts';
+import { PoolStats } from './stats.ts';
 
 export interface PooledServer {
   readonly id: number;
@@ -41,21 +41,8 @@ export class Lease<S extends PooledServer> {
   release(reusable: boolean, reason = 'not reusable'): void {
     if (this.released) return;
     this.released = true;
-    this.pool.giveBack(this.server, reusable, reason, this.since);
+    this.pool.giveBack(this.server, reusable, reason);
   }
-}
-
-/** Running totals per pool since start, read by SHOW STATS and /metrics (plain counters, no per-event objects). */
-export interface PoolStats {
-  /** Servers lent to clients (pgbouncer's server assignments; transactions in transaction mode). */
-  leases: number;
-  /** Sum of lease durations, ms (transaction time in transaction mode). */
-  leaseMs: number;
-  /** Sum of client waits for a server, ms. */
-  waitMs: number;
-  /** Servers opened and closed. */
-  opened: number;
-  closed: number;
 }
 
 export type PooledServerState = 'active' | 'idle';
@@ -76,7 +63,7 @@ export class Pool<S extends PooledServer> {
   /** The parameters a server reports at login, cached from the pool's first server (transaction-mode logins). */
   welcome: ReadonlyMap<string, string> | undefined;
   private closedForGood = false;
-  readonly stats: PoolStats = { leases: 0, leaseMs: 0, waitMs: 0, opened: 0, closed: 0 };
+  readonly stats = new PoolStats();
   /** Servers to close when they come back (RECONNECT, KILL) instead of going idle. */
   private readonly closeNeeded = new Set<S>();
 
@@ -171,8 +158,7 @@ export class Pool<S extends PooledServer> {
     s.lastUsedAt = now;
     this.stats.leases++;
     this.stats.waitMs += waitMs;
-    const ev = this.registry.events?.serverWait;
-    if (ev?.hasSubscribers) ev.publish({ database: this.key.database, user: this.key.user, waitMs });
+    this.stats.wait.observe(waitMs);
     return new Lease(s, this, now);
   }
 
@@ -242,14 +228,8 @@ export class Pool<S extends PooledServer> {
     this.idle.push(s);
   }
 
-  giveBack(s: S, reusable: boolean, reason: string, since?: number): void {
+  giveBack(s: S, reusable: boolean, reason: string): void {
     this.active.delete(s);
-    if (since !== undefined) {
-      const leaseMs = this.now() - since;
-      this.stats.leaseMs += leaseMs;
-      const ev = this.registry.events?.serverLease;
-      if (ev?.hasSubscribers) ev.publish({ database: this.key.database, user: this.key.user, leaseMs });
-    }
     if (this.closeNeeded.delete(s)) {
       s.close('reconnect');
       return;
@@ -346,8 +326,6 @@ export class PoolRegistry<S extends PooledServer> {
   constructor(
     private readonly now: Clock = Date.now,
     private readonly onFailure: (key: PoolKey, err: PgError) => void = () => undefined,
-    /** Where pools publish wait and lease events (only when someone subscribes). */
-    readonly events?: Pick<ProxyEvents, 'serverWait' | 'serverLease'>,
   ) {}
 
   isPaused(database: string): boolean {

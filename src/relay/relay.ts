@@ -1,5 +1,6 @@
 // Moves frames between a client session and its leased server, unchanged; decides the release point (session mode:
 // the client's Terminate) and keeps memory bounded with backpressure both ways.
+import { type PoolStats, RequestClock } from '../pool/stats.ts';
 import { PgError } from '../protocol/errors.ts';
 import { Scan, type ScanHandler, StreamScanner, scanPolicy } from '../protocol/framer.ts';
 import type { ServerConnection, ServerSink } from '../server/connection.ts';
@@ -67,14 +68,18 @@ export class SessionRelay implements ScanHandler, ServerSink {
   private readonly scanner: StreamScanner;
   private ended = false;
   readonly policy: Uint8Array | undefined;
+  private readonly clock: RequestClock;
 
   constructor(
     private readonly client: ClientIO,
     private readonly server: ServerConnection,
     private readonly events: RelayEvents,
+    /** The pool's running totals: bytes, queries, transactions, Parse/Bind counts. */
+    private readonly stats: PoolStats,
     private readonly tracker?: QueryTracker,
     maxPacketSize = 1024 * 1024,
   ) {
+    this.clock = new RequestClock(stats);
     this.scanner = tracker
       ? new StreamScanner(AUDIT_CLIENT_POLICY, maxPacketSize, this)
       : new StreamScanner(CLIENT_POLICY, 1024, this);
@@ -87,6 +92,7 @@ export class SessionRelay implements ScanHandler, ServerSink {
   /** Bytes from the client. */
   fromClient(chunk: Buffer): void {
     if (this.ended) return;
+    this.stats.received += chunk.length;
     this.server.cork();
     try {
       this.scanner.push(chunk);
@@ -102,6 +108,7 @@ export class SessionRelay implements ScanHandler, ServerSink {
 
   // ScanHandler (client -> server)
   onNote(type: number): void {
+    this.clock.request();
     if (type === 0x53 /* S */) {
       this.tracker?.sync();
       this.server.outstanding++;
@@ -109,6 +116,10 @@ export class SessionRelay implements ScanHandler, ServerSink {
     } else if (type === 0x51 /* Q */ || type === 0x46 /* F */) {
       this.server.outstanding++;
     } else {
+      if (type === 0x50 /* P */) {
+        this.stats.clientParses++;
+        this.stats.serverParses++;
+      } else if (type === 0x42 /* B */) this.stats.binds++;
       // Parse/Bind/Execute/Describe/Close: until the Sync, the server holds an implicit transaction (or, after an
       // error, skips everything up to a Sync). A client leaving now leaves a server no Query can clean.
       this.server.unsynced = true;
@@ -118,6 +129,11 @@ export class SessionRelay implements ScanHandler, ServerSink {
   onMessage(type: number, body: Buffer): boolean {
     const t = this.tracker;
     if (t && type !== 0x58) {
+      this.clock.request();
+      if (type === 0x50 /* P */) {
+        this.stats.clientParses++;
+        this.stats.serverParses++;
+      } else if (type === 0x42 /* B */) this.stats.binds++;
       trackClientMessage(t, type, body);
       if (type === 0x51 /* Q */) this.server.outstanding++;
       else this.server.unsynced = true;
@@ -146,13 +162,15 @@ export class SessionRelay implements ScanHandler, ServerSink {
     this.client.uncork();
   }
 
-  /** Audit: the server's replies (the connection has already updated its own state). */
+  /** ReadyForQuery (always) and, for audit, the server's replies (the connection has already updated its state). */
   onServerMessage(type: number, body: Buffer): boolean {
+    if (type === 0x5a /* Z */) this.clock.ready(body[0] ?? 0x49, this.server.outstanding > 0);
     if (this.tracker) trackServerMessage(this.tracker, type, body);
     return false;
   }
 
   toClient(bytes: Buffer): void {
+    this.stats.sent += bytes.length;
     if (!this.client.write(bytes)) this.server.pause();
   }
 

@@ -3,6 +3,7 @@
 // synthesize) for injected parameter sync and prepared statements; pins clients whose session state cannot move.
 
 import type { Lease } from '../pool/pool.ts';
+import { type PoolStats, RequestClock } from '../pool/stats.ts';
 import { B, encodeError, encodeReadyForQuery, type TxStatus } from '../protocol/backend.ts';
 import { PgError } from '../protocol/errors.ts';
 import { Scan, type ScanHandler, StreamScanner, scanPolicy } from '../protocol/framer.ts';
@@ -50,6 +51,8 @@ export interface TransactionOptions {
   guardIdentity?: boolean;
   /** Hold the first server until the client leaves (session semantics on this relay). */
   pinFromStart?: PinReason;
+  /** The pool's running totals: bytes, queries, transactions, prepared statements. */
+  stats: PoolStats;
 }
 
 /** What a set_role route refuses: role and identity changes the keyword scan can see. */
@@ -148,6 +151,8 @@ function isPlanInvalidated(errorBody: Buffer): boolean {
 export class TransactionRelay implements ScanHandler, ServerSink {
   readonly policy = TX_SERVER_POLICY;
   private readonly scanner: StreamScanner;
+  private readonly stats: PoolStats;
+  private readonly clock: RequestClock;
   private lease: Lease<ServerConnection> | null = null;
   private acquiring = false;
   private held: Buffer[] = [];
@@ -191,6 +196,8 @@ export class TransactionRelay implements ScanHandler, ServerSink {
     private readonly tracker?: QueryTracker,
   ) {
     this.scanner = new StreamScanner(CLIENT_POLICY, opts.maxPacketSize, this);
+    this.stats = opts.stats;
+    this.clock = new RequestClock(opts.stats);
     client.onDrain = () => this.lease?.server.resume();
     this.releaseTask = () => this.maybeRelease();
     if (opts.pinFromStart) this.pin = opts.pinFromStart;
@@ -220,6 +227,7 @@ export class TransactionRelay implements ScanHandler, ServerSink {
 
   fromClient(chunk: Buffer): void {
     if (this.ended) return;
+    this.stats.received += chunk.length;
     if (!this.lease) {
       if (this.heldBytes === 0 && !this.acquiring && this.scanner.atBoundary && this.answerLocally(chunk))
         return;
@@ -461,6 +469,7 @@ export class TransactionRelay implements ScanHandler, ServerSink {
   onMessage(type: number, body: Buffer): boolean {
     const server = this.lease?.server;
     if (!server) return false;
+    this.clock.request();
     if (type === F.Terminate) {
       this.scanner.flushBefore();
       this.ended = true;
@@ -530,6 +539,8 @@ export class TransactionRelay implements ScanHandler, ServerSink {
     const unnamed = body.length > 0 && body[0] === 0;
     const p = unnamed ? undefined : readParse(body);
     const text = p ? p.query : readUnnamedParseQuery(body);
+    const stats = this.stats;
+    stats.clientParses++;
     const fx = scanSql(text, this.clientStatus !== 'I');
     if (this.opts.guardIdentity && changesIdentity(text, fx.pin)) return this.refuseIdentityChange(false);
     if (fx.pin && !this.pin) {
@@ -539,18 +550,22 @@ export class TransactionRelay implements ScanHandler, ServerSink {
     if (this.tracker) this.tracker.parse(p ? p.name : '', p ? p.query : readUnnamedParseQuery(body));
     this.unsynced = true;
     if (!p) {
+      stats.serverParses++;
       this.expect.push({ kind: 'reply', ends: 0x31, ends2: NONE });
       return false;
     }
     const serverName = serverStatementName(p.rest);
     this.ownStatements().set(p.name, { server: serverName, rest: p.rest });
     if (server.statements.has(serverName)) {
+      stats.preparedHits++;
       server.statements.touch(serverName);
       this.synth(() => PARSE_COMPLETE);
       this.scanner.flushBefore();
       return true;
     }
     this.scanner.flushBefore();
+    stats.preparedMisses++;
+    stats.serverParses++;
     this.evictFor(server);
     server.statements.add(serverName);
     server.write(encodeParse(serverName, p.rest));
@@ -563,9 +578,12 @@ export class TransactionRelay implements ScanHandler, ServerSink {
     const st = this.statements.get(clientName);
     if (!st) return undefined;
     if (server.statements.has(st.server)) {
+      this.stats.preparedHits++;
       server.statements.touch(st.server);
       return st.server;
     }
+    this.stats.preparedMisses++;
+    this.stats.serverParses++;
     if (server.statements.stale.delete(st.server)) {
       server.write(encodeTarget(F.Close, 0x53, st.server));
       this.expect.push({ kind: 'swallowClose', name: st.server, stale: true });
@@ -586,6 +604,7 @@ export class TransactionRelay implements ScanHandler, ServerSink {
 
   private onBind(server: ServerConnection, body: Buffer): boolean {
     this.unsynced = true;
+    this.stats.binds++;
     const b = readBind(body);
     this.tracker?.bind(
       b.portal,
@@ -688,6 +707,7 @@ export class TransactionRelay implements ScanHandler, ServerSink {
   }
 
   toClient(bytes: Buffer): void {
+    this.stats.sent += bytes.length;
     if (!this.client.write(bytes)) this.lease?.server.pause();
   }
 
@@ -794,6 +814,7 @@ export class TransactionRelay implements ScanHandler, ServerSink {
   private onReadyForQuery(body: Buffer, injected: boolean): void {
     const status = String.fromCharCode(body[0] ?? 0x49) as TxStatus;
     if (injected) return;
+    this.clock.ready(body[0] ?? 0x49, (this.lease?.server.outstanding ?? 0) > 0);
     this.clientStatus = status;
     const set = this.pendingSetting;
     this.pendingSetting = undefined;

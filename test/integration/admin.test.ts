@@ -162,7 +162,22 @@ test("every SHOW command answers with pgbouncer's columns and live figures", asy
   const stats = await show(c, 'STATS');
   assert.equal(stats.fields[0], 'database');
   assert.ok(stats.fields.includes('total_xact_count') && stats.fields.includes('avg_wait_time'));
-  assert.ok(Number(stats.rows.find((r) => r.database === db.database)!.total_xact_count) >= 1);
+  const statsOf = async () => (await show(c, 'STATS')).rows.find((r) => r.database === db.database)!;
+  const s0 = await statsOf();
+  assert.ok(Number(s0.total_xact_count) >= 1);
+  // Traffic counters move with the statements relayed: 100,000 bytes of result, one query, one transaction.
+  await a.query("SELECT repeat('x', 100000) AS big");
+  const s1 = await statsOf();
+  const grew = (k: string) => Number(s1[k]) - Number(s0[k]);
+  assert.ok(grew('total_sent') >= 100_000, `total_sent grew by ${grew('total_sent')}`);
+  assert.ok(grew('total_received') >= 'SELECT repeat'.length, 'total_received');
+  assert.ok(grew('total_query_count') >= 1 && grew('total_xact_count') >= 1);
+  assert.ok(grew('total_query_time') > 0 && Number(s1.avg_query_time) > 0);
+  // node-postgres' parameterised query: one Parse and one Bind through the extended protocol.
+  await a.query('SELECT $1::int AS n', [1]);
+  const s2 = await statsOf();
+  assert.ok(Number(s2.total_client_parse_count) > Number(s1.total_client_parse_count));
+  assert.ok(Number(s2.total_bind_count) > Number(s1.total_bind_count));
 
   const dbs = await show(c, 'DATABASES');
   assert.deepEqual(dbs.fields.slice(0, 4), ['name', 'host', 'port', 'database']);
@@ -235,6 +250,60 @@ test('PAUSE waits for the transaction in flight, then new transactions wait unti
   await c.query('RESUME');
   assert.equal((await waiting).rows[0].n, 42);
   await busy.end();
+  await c.end();
+});
+
+test('PAUSE under pgbench load: transactions stop, servers go idle-closed, RESUME lets every client finish', {
+  skip: clientSkip('pgbench'),
+}, async () => {
+  const c = await console_();
+  const dir = mkdtempSync(join(tmpdir(), 'gprxy-pause-'));
+  const script = join(dir, 'select.sql');
+  writeFileSync(script, 'SELECT 1;\n');
+  const xacts = async () =>
+    Number((await show(c, 'STATS')).rows.find((r) => r.database === db.database)!.total_xact_count);
+  const start = await xacts();
+  // 8 clients over the pool of 2 servers, for 6 seconds, with no setup (-n: no vacuum of pgbench tables).
+  const bench = run(
+    'pgbench',
+    [
+      '-n',
+      '-f',
+      script,
+      '-c',
+      '8',
+      '-j',
+      '2',
+      '-T',
+      '6',
+      '-h',
+      '127.0.0.1',
+      '-p',
+      String(gp.port),
+      '-U',
+      db.user,
+      db.database,
+    ],
+    { PGPASSWORD: db.password, PGSSLMODE: 'disable' },
+  );
+  await waitFor(async () => (await xacts()) > start + 200, 10_000, 'pgbench traffic through the proxy');
+  await c.query('PAUSE');
+  const pool = (await show(c, 'POOLS')).rows.find((r) => r.database === db.database)!;
+  assert.equal(pool.sv_active, '0', 'PAUSE returned with a server still lent');
+  await waitFor(
+    async () =>
+      Number((await show(c, 'POOLS')).rows.find((r) => r.database === db.database)!.cl_waiting) === 8,
+    5000,
+    'all 8 pgbench clients queued',
+  );
+  const frozen = await xacts();
+  await new Promise((r) => setTimeout(r, 700));
+  assert.equal(await xacts(), frozen, 'a transaction ran while paused');
+  await c.query('RESUME');
+  const r = await bench;
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /number of failed transactions: 0 /);
+  assert.ok((await xacts()) > frozen + 100, 'traffic resumed');
   await c.end();
 });
 

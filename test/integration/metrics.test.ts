@@ -138,17 +138,43 @@ test('/metrics parses strictly and its counters move with traffic', async () => 
   assert.equal(value(during, 'gprxy_login_failures_total', { sqlstate: '28P01' }), 1);
   // Login (priming) + 5 queries + 1 transaction: each a lease in transaction mode.
   assert.ok(value(during, 'gprxy_server_assignments_total', labels) >= 6);
-  assert.ok(value(during, 'gprxy_server_lease_seconds_count', labels) >= 6);
+  // 5 statements + BEGIN/pg_sleep/COMMIT: 8 requests in 6 transactions.
+  assert.ok(value(during, 'gprxy_transaction_duration_seconds_count', labels) >= 6);
   assert.ok(
-    value(during, 'gprxy_server_lease_seconds_sum', labels) >= 0.05,
+    value(during, 'gprxy_transaction_duration_seconds_sum', labels) >= 0.05,
     'the pg_sleep transaction counts',
   );
+  assert.ok(value(during, 'gprxy_transactions_total', labels) >= 6);
+  assert.ok(value(during, 'gprxy_query_duration_seconds_count', labels) >= 8);
+  assert.ok(value(during, 'gprxy_queries_total', labels) >= 8);
+  // Buckets are cumulative and end at the count.
+  const buckets = during
+    .filter(
+      (s) =>
+        s.name === 'gprxy_query_duration_seconds_bucket' &&
+        s.labels.database === labels.database &&
+        s.labels.user === labels.user,
+    )
+    .map((s) => s.value);
+  assert.ok(buckets.length > 2);
+  for (let i = 1; i < buckets.length; i++) assert.ok(buckets[i]! >= buckets[i - 1]!, 'cumulative buckets');
+  assert.equal(buckets.at(-1), value(during, 'gprxy_query_duration_seconds_count', labels));
+  for (const name of ['gprxy_client_bytes_received_total', 'gprxy_client_bytes_sent_total']) {
+    assert.ok(value(during, name, labels) > value(before, name, labels) + 100, name);
+  }
   assert.ok(value(during, 'gprxy_server_wait_seconds_count', labels) >= 6);
   assert.ok(value(during, 'gprxy_servers_opened_total', labels) >= 1);
   assert.ok(
     during.some((s) => s.name === 'gprxy_process_cpu_user_seconds_total'),
     'process metrics',
   );
+  // A named statement: prepared on the server at first use (miss), then found there (hit).
+  for (let i = 0; i < 3; i++) await c.query({ name: 'metrics_q', text: 'SELECT $1::int AS i', values: [i] });
+  const after = await scrape();
+  const prepared = (s: typeof after, result: string) =>
+    value(s, 'gprxy_prepared_statements_total', { ...labels, result });
+  assert.ok(prepared(after, 'miss') >= prepared(during, 'miss') + 1, 'a miss');
+  assert.ok(prepared(after, 'hit') >= prepared(during, 'hit') + 1, 'a hit');
   await c.end();
 });
 
