@@ -283,8 +283,8 @@ export class ClientSession implements ClientIO, AuthChannel {
       this,
       // Method shorthand (see SessionRelay above): no per-session dictionary-mode closures.
       {
-        acquire() {
-          return pool.acquire();
+        lease(later) {
+          return pool.lease(later);
         },
         released() {},
         terminate() {

@@ -21,11 +21,14 @@ export interface PoolKey {
 
 export type Clock = () => number;
 
+/** Called once: with a lease, or with the error that ended the wait. */
+export type LeaseCallback<S extends PooledServer> = (err: PgError | null, lease: Lease<S> | null) => void;
+
 interface Waiter<S extends PooledServer> {
-  resolve(lease: Lease<S>): void;
-  reject(err: PgError): void;
+  done: LeaseCallback<S>;
   since: number;
-  timer: NodeJS.Timeout;
+  /** When query_wait_timeout runs out: real time (Date.now), the clock setTimeout keeps. */
+  deadline: number;
 }
 
 /** A server lent to one client. Release exactly once: reusable servers go back to the pool, others are closed. */
@@ -59,6 +62,8 @@ export class Pool<S extends PooledServer> {
   private readonly active = new Set<S>();
   private connecting = 0;
   private readonly waiters: Waiter<S>[] = [];
+  /** One timer for all waiters, armed for the earliest deadline (a timer per wait costs more than the wait). */
+  private waitTimer: NodeJS.Timeout | undefined;
   private lastFailure: { error: PgError; at: number } | undefined;
   /** The parameters a server reports at login, cached from the pool's first server (transaction-mode logins). */
   welcome: ReadonlyMap<string, string> | undefined;
@@ -109,33 +114,69 @@ export class Pool<S extends PooledServer> {
   }
 
   acquire(): Promise<Lease<S>> {
-    if (this.closedForGood) return Promise.reject(PgError.shuttingDown());
-    const s = this.paused ? undefined : this.takeIdle();
-    if (s) return Promise.resolve(this.lend(s, 0));
-    const failure = this.recentFailure();
-    if (failure && this.total === 0) return Promise.reject(failure);
     return new Promise((resolve, reject) => {
-      const w: Waiter<S> = {
-        resolve,
-        reject,
-        since: this.now(),
-        timer: setTimeout(() => this.expire(w), this.settings.query_wait_timeout),
-      };
-      this.waiters.push(w);
-      this.grow();
+      const lease = this.lease((err, l) => (err ? reject(err) : resolve(l!)));
+      if (lease) resolve(lease);
     });
   }
 
-  private expire(w: Waiter<S>): void {
-    const i = this.waiters.indexOf(w);
-    if (i < 0) return;
-    this.waiters.splice(i, 1);
-    w.reject(
-      new PgError('FATAL', '53300', 'timed out waiting for a server connection (query_wait_timeout)', {
-        code: 'GPRXY_QUERY_WAIT_TIMEOUT',
-        detail: `all ${this.total} servers of pool ${this.key.database}/${this.key.user} stayed busy`,
-      }),
-    );
+  /**
+   * A lease at once when a server is idle (returned; `later` is never called), else undefined and `later` is called
+   * once, with a lease or with the error that ended the wait. No promise on the hot path.
+   */
+  lease(later: LeaseCallback<S>): Lease<S> | undefined {
+    if (this.closedForGood) {
+      later(PgError.shuttingDown(), null);
+      return undefined;
+    }
+    const s = this.paused ? undefined : this.takeIdle();
+    if (s) return this.lend(s, 0);
+    const failure = this.recentFailure();
+    if (failure && this.total === 0) {
+      later(failure, null);
+      return undefined;
+    }
+    const since = this.now();
+    this.waiters.push({ done: later, since, deadline: Date.now() + this.settings.query_wait_timeout });
+    this.armWaitTimer();
+    this.grow();
+    return undefined;
+  }
+
+  private armWaitTimer(): void {
+    if (this.waitTimer !== undefined || this.waiters.length === 0) return;
+    let first = Infinity;
+    for (const w of this.waiters) first = Math.min(first, w.deadline);
+    this.waitTimer = setTimeout(() => this.expireWaiters(), Math.max(1, first - Date.now()));
+  }
+
+  /** The queue drained: no timer should keep the process awake for deadlines nobody has any more. */
+  private disarmWaitTimer(): void {
+    if (this.waitTimer === undefined) return;
+    clearTimeout(this.waitTimer);
+    this.waitTimer = undefined;
+  }
+
+  /** Waiters past query_wait_timeout get 53300; the timer is re-armed for the next deadline. */
+  private expireWaiters(): void {
+    this.waitTimer = undefined;
+    const now = Date.now();
+    const expired = this.waiters.filter((w) => w.deadline <= now);
+    if (expired.length) {
+      const kept = this.waiters.filter((w) => w.deadline > now);
+      this.waiters.length = 0;
+      this.waiters.push(...kept);
+    }
+    for (const w of expired) {
+      w.done(
+        new PgError('FATAL', '53300', 'timed out waiting for a server connection (query_wait_timeout)', {
+          code: 'GPRXY_QUERY_WAIT_TIMEOUT',
+          detail: `all ${this.total} servers of pool ${this.key.database}/${this.key.user} stayed busy`,
+        }),
+        null,
+      );
+    }
+    this.armWaitTimer();
   }
 
   private takeIdle(): S | undefined {
@@ -203,10 +244,8 @@ export class Pool<S extends PooledServer> {
         this.lastFailure = { error, at: this.now() };
         // Nobody can be served soon: tell the waiters what the server said rather than let them time out.
         if (this.total === 0) {
-          for (const w of this.waiters.splice(0)) {
-            clearTimeout(w.timer);
-            w.reject(error);
-          }
+          this.disarmWaitTimer();
+          for (const w of this.waiters.splice(0)) w.done(error, null);
         }
         this.registry.failed(this.key, error);
       },
@@ -221,8 +260,8 @@ export class Pool<S extends PooledServer> {
     }
     const w = this.paused ? undefined : this.waiters.shift();
     if (w) {
-      clearTimeout(w.timer);
-      w.resolve(this.lend(s, this.now() - w.since));
+      if (this.waiters.length === 0) this.disarmWaitTimer();
+      w.done(null, this.lend(s, this.now() - w.since));
       return;
     }
     this.idle.push(s);
@@ -298,18 +337,16 @@ export class Pool<S extends PooledServer> {
       const s = this.takeIdle();
       if (!s) break;
       this.waiters.shift();
-      clearTimeout(w.timer);
-      w.resolve(this.lend(s, this.now() - w.since));
+      if (this.waiters.length === 0) this.disarmWaitTimer();
+      w.done(null, this.lend(s, this.now() - w.since));
     }
     this.grow();
   }
 
   shutdown(): void {
     this.closedForGood = true;
-    for (const w of this.waiters.splice(0)) {
-      clearTimeout(w.timer);
-      w.reject(PgError.shuttingDown());
-    }
+    this.disarmWaitTimer();
+    for (const w of this.waiters.splice(0)) w.done(PgError.shuttingDown(), null);
     this.closeIdle('shutdown');
   }
 }

@@ -2,7 +2,7 @@
 // ReadyForQuery 'I' with nothing outstanding. Keeps a FIFO of expected responses per lease (forward, swallow,
 // synthesize) for injected parameter sync and prepared statements; pins clients whose session state cannot move.
 
-import type { Lease } from '../pool/pool.ts';
+import type { Lease, LeaseCallback } from '../pool/pool.ts';
 import { type PoolStats, RequestClock } from '../pool/stats.ts';
 import { B, encodeError, encodeReadyForQuery, type TxStatus } from '../protocol/backend.ts';
 import { PgError } from '../protocol/errors.ts';
@@ -27,8 +27,11 @@ import {
 export type PinPolicy = 'pin' | 'refuse';
 
 export interface TransactionHost {
-  /** Leases a server from the client's pool (rejects with a PgError). */
-  acquire(): Promise<Lease<ServerConnection>>;
+  /**
+   * Leases a server from the client's pool: returns one at hand, or undefined and calls `later` once with a lease
+   * or the PgError that ended the wait.
+   */
+  lease(later: LeaseCallback<ServerConnection>): Lease<ServerConnection> | undefined;
   /** The lease ended cleanly; nothing to do but note it. */
   released(): void;
   /** Client sent Terminate. */
@@ -74,6 +77,10 @@ type Expectation =
   | { kind: 'synth'; make: () => Buffer }; // answer the client ourselves at this point
 
 /** Client messages the relay reads; COPY data and the like stream through. */
+/** The field-less expectations, shared (never mutated): no allocation per statement. */
+const EXPECT_QUERY: Expectation = Object.freeze({ kind: 'query' });
+const EXPECT_SYNC: Expectation = Object.freeze({ kind: 'sync' });
+
 const CLIENT_POLICY = scanPolicy({
   Q: Scan.INSPECT,
   P: Scan.INSPECT,
@@ -181,6 +188,7 @@ export class TransactionRelay implements ScanHandler, ServerSink {
   private syncKey: string | null = null;
   /** maybeRelease as a microtask, allocated once instead of a closure per ReadyForQuery. */
   private readonly releaseTask: () => void;
+  private readonly leaseArrived: LeaseCallback<ServerConnection>;
   /** A standalone SET/RESET waiting for its ReadyForQuery to be recorded. */
   private pendingSetting: ReturnType<typeof scanSql>['setting'] | undefined;
 
@@ -200,6 +208,7 @@ export class TransactionRelay implements ScanHandler, ServerSink {
     this.clock = new RequestClock(opts.stats);
     client.onDrain = () => this.lease?.server.resume();
     this.releaseTask = () => this.maybeRelease();
+    this.leaseArrived = (err, lease) => this.onLease(err, lease);
     if (opts.pinFromStart) this.pin = opts.pinFromStart;
   }
 
@@ -307,21 +316,23 @@ export class TransactionRelay implements ScanHandler, ServerSink {
 
   private acquire(): void {
     this.acquiring = true;
-    this.host.acquire().then(
-      (lease) => {
-        this.acquiring = false;
-        if (this.ended) {
-          lease.release(lease.server.reusable);
-          return;
-        }
-        this.attach(lease);
-      },
-      (err: unknown) => {
-        this.acquiring = false;
-        this.ended = true;
-        this.host.fail(err instanceof PgError ? err : PgError.serverGone('could not get a server'));
-      },
-    );
+    const lease = this.host.lease(this.leaseArrived);
+    if (lease) this.leaseArrived(null, lease);
+  }
+
+  /** The pool's answer to acquire(): now (an idle server) or later (after a wait). */
+  private onLease(err: PgError | null, lease: Lease<ServerConnection> | null): void {
+    this.acquiring = false;
+    if (err || !lease) {
+      this.ended = true;
+      this.host.fail(err ?? PgError.serverGone('could not get a server'));
+      return;
+    }
+    if (this.ended) {
+      lease.release(lease.server.reusable);
+      return;
+    }
+    this.attach(lease);
   }
 
   private attach(lease: Lease<ServerConnection>): void {
@@ -449,7 +460,7 @@ export class TransactionRelay implements ScanHandler, ServerSink {
     switch (type) {
       case F.Sync:
         this.unsynced = false;
-        this.expect.push({ kind: 'sync' });
+        this.expect.push(EXPECT_SYNC);
         server.outstanding++;
         break;
       case F.Execute:
@@ -460,7 +471,7 @@ export class TransactionRelay implements ScanHandler, ServerSink {
         this.unsynced = true;
         break;
       case F.FunctionCall:
-        this.expect.push({ kind: 'query' });
+        this.expect.push(EXPECT_QUERY);
         server.outstanding++;
         break;
     }
@@ -528,7 +539,7 @@ export class TransactionRelay implements ScanHandler, ServerSink {
     } else if (fx.deallocate !== undefined) {
       this.statements.delete(fx.deallocate);
     }
-    this.expect.push({ kind: 'query' });
+    this.expect.push(EXPECT_QUERY);
     server.outstanding++;
     if (this.opts.mode === 'statement' && this.clientStatus !== 'I') return false;
     return false;
