@@ -71,8 +71,9 @@ async function configCommand(args: string[]): Promise<number> {
     return 2;
   }
   const { loadConfigFile } = await import('../config/load.ts');
+  const { checkTlsFiles } = await import('../net/tls.ts');
   try {
-    loadConfigFile(values.config, process.env);
+    checkTlsFiles(loadConfigFile(values.config, process.env));
     process.stdout.write(`${values.config}: ok\n`);
     return 0;
   } catch (e) {

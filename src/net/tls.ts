@@ -3,6 +3,7 @@
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import tls from 'node:tls';
+import type { Config } from '../config/load.ts';
 import type { ListenTlsConfig, ServerTlsConfig } from '../config/schema.ts';
 
 /** The listener's TLS setup, built once per config (re-read on reload). */
@@ -45,4 +46,33 @@ export function serverLegOptions(cfg: ServerTlsConfig, host: string): tls.Connec
     opts.rejectUnauthorized = false;
   }
   return opts;
+}
+
+/**
+ * `gprxy config check`: opens every TLS file the config names and builds the contexts (a missing file, a key that
+ * does not match its certificate, bad PEM), so a broken certificate is found before a start or a reload. Throws an
+ * Error naming the config key; never prints file contents.
+ */
+export function checkTlsFiles(cfg: Config): void {
+  const attempt = (where: string, build: () => void) => {
+    try {
+      build();
+    } catch (e) {
+      const err = e as NodeJS.ErrnoException;
+      const why = err.code === 'ENOENT' ? `file not found: ${err.path ?? ''}` : (err.message ?? String(e));
+      throw new Error(`${where}: ${why}`);
+    }
+  };
+  if (cfg.listen.tls) {
+    const t = cfg.listen.tls;
+    attempt('listen.tls', () => loadListenContext(t));
+  }
+  const serverLeg = (where: string, t: ServerTlsConfig) =>
+    attempt(where, () => {
+      tls.createSecureContext(serverLegOptions(t, 'localhost'));
+    });
+  serverLeg('server_tls', cfg.server_tls);
+  for (const [name, d] of Object.entries(cfg.databases)) {
+    if (d.server_tls) serverLeg(`databases.${name}.server_tls`, d.server_tls);
+  }
 }

@@ -10,6 +10,7 @@ import pg from 'pg';
 import { stringify } from 'yaml';
 import { parseUserlist, verifyPassword } from '../../src/auth/verifiers.ts';
 import { freePort } from '../../src/dev/postgres.ts';
+import { testCerts } from '../support/certs.ts';
 import { createTestDb, PG, run, type TestDb, waitFor } from '../support/harness.ts';
 
 let db1: TestDb;
@@ -119,4 +120,34 @@ test('gprxy passwd prints a userlist line whose verifier checks the password', a
   assert.equal(await verifyPassword(s!, 'alice', 'correct horse'), true);
   assert.equal(await verifyPassword(s!, 'alice', 'wrong'), false);
   assert.ok(!r.stdout.includes('correct horse'));
+});
+
+test('gprxy config check opens the TLS files: a missing file or a key of another certificate fails naming the key', async () => {
+  const certs = testCerts();
+  const check = async (doc: Record<string, unknown>) => {
+    const path = join(dir, 'check.yaml');
+    writeFileSync(path, stringify({ databases: { app: { host: '127.0.0.1', port: 5432 } }, ...doc }));
+    return run(process.execPath, ['bin/gprxy.js', 'config', 'check', '--config', path]);
+  };
+  const good = await check({ listen: { tls: { cert: certs.serverCert, key: certs.serverKey } } });
+  assert.equal(good.code, 0, good.stderr);
+  const missing = await check({ listen: { tls: { cert: join(dir, 'nope.pem'), key: certs.serverKey } } });
+  assert.equal(missing.code, 1);
+  assert.match(missing.stderr, /^listen\.tls: file not found: .*nope\.pem/);
+  const mismatched = await check({ listen: { tls: { cert: certs.serverCert, key: certs.clientKey } } });
+  assert.equal(mismatched.code, 1);
+  assert.match(mismatched.stderr, /^listen\.tls: /);
+  const serverLeg = await check({
+    databases: {
+      app: {
+        host: '127.0.0.1',
+        port: 5432,
+        server_tls: { sslmode: 'verify-full', ca: join(dir, 'gone.pem') },
+      },
+    },
+  });
+  assert.equal(serverLeg.code, 1);
+  assert.match(serverLeg.stderr, /^databases\.app\.server_tls: file not found/);
+  // No key material in any message.
+  for (const r of [missing, mismatched, serverLeg]) assert.ok(!r.stderr.includes('PRIVATE KEY'));
 });

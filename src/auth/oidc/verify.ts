@@ -44,7 +44,7 @@ export function providerFor(token: string, providers: readonly SsoProvider[]): S
   try {
     iss = decodeJwt(token).iss;
   } catch {
-    throw new TokenError('GPRXY_TOKEN_MALFORMED', 'the password is not a valid access token');
+    throw new TokenError('GPRXY_TOKEN_MALFORMED', 'what was sent is not a valid access token (a JWT)');
   }
   const p = providers.find((x) => x.issuer === iss);
   if (!p) throw new TokenError('GPRXY_TOKEN_ISSUER', 'the token is from an issuer gprxy does not trust');
