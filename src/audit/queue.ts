@@ -1,6 +1,7 @@
 // The bounded queue between the proxy and one audit sink: records wait here while the sink writes them in batches
 // (a sink that is down keeps its records and retries); when full, `drop` counts and discards new records, `block`
-// tells the caller to hold client reads until there is room.
+// tells the caller to hold client reads until there is room. Records are written `flushDelayMs` after the first
+// one of a batch (or at once when a batch is full): one sink write per batch, not per statement.
 
 export type OverflowPolicy = 'block' | 'drop';
 
@@ -18,6 +19,12 @@ export class AuditQueue {
   dropped = 0;
   written = 0;
   private timer: NodeJS.Timeout | undefined;
+  /** A flush is scheduled (flushDelayMs after the first record since the last one). */
+  private scheduled: NodeJS.Timeout | undefined;
+  private readonly flushSoon = () => {
+    this.scheduled = undefined;
+    void this.flush();
+  };
 
   constructor(
     readonly sink: AuditSink,
@@ -26,6 +33,7 @@ export class AuditQueue {
     private readonly onSinkError: (sink: string, err: Error) => void,
     private readonly batchSize = 500,
     retryMs = 1000,
+    private readonly flushDelayMs = 10,
   ) {
     this.timer = setInterval(() => void this.flush(), retryMs);
     this.timer.unref();
@@ -49,7 +57,15 @@ export class AuditQueue {
       return false;
     }
     this.items.push(record);
-    if (!this.flushing) queueMicrotask(() => void this.flush());
+    if (this.flushing) return true; // drain() takes it with the next batch
+    if (this.items.length >= this.batchSize) {
+      if (this.scheduled) clearTimeout(this.scheduled);
+      this.scheduled = undefined;
+      queueMicrotask(this.flushSoon);
+    } else if (!this.scheduled) {
+      this.scheduled = setTimeout(this.flushSoon, this.flushDelayMs);
+      this.scheduled.unref();
+    }
     return true;
   }
 
@@ -89,6 +105,8 @@ export class AuditQueue {
   /** Graceful shutdown: everything queued is written (or the deadline passes), then sinks close. */
   async close(deadlineMs = 10_000): Promise<void> {
     clearInterval(this.timer);
+    if (this.scheduled) clearTimeout(this.scheduled);
+    this.scheduled = undefined;
     const end = Date.now() + deadlineMs;
     while (this.items.length > 0 && Date.now() < end) {
       const before = this.items.length;

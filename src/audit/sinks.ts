@@ -1,11 +1,13 @@
 // Audit sinks: JSON lines to stdout or a file (size-based rotation), and a PostgreSQL table (created if missing,
 // batched multi-row INSERTs with bind parameters over a dedicated connection, reconnecting after failures).
-import { appendFile, rename, stat } from 'node:fs/promises';
+import { type FileHandle, open, rename } from 'node:fs/promises';
 import type { AuditSink } from './queue.ts';
 
 export class JsonLinesSink implements AuditSink {
   readonly name: string;
-  private size = -1;
+  private size = 0;
+  /** The file, open for appending between batches (reopened after a rotation or a failed write). */
+  private file: FileHandle | undefined;
 
   constructor(
     /** A file path, or undefined for stdout. */
@@ -17,31 +19,48 @@ export class JsonLinesSink implements AuditSink {
   }
 
   async write(records: readonly object[]): Promise<void> {
-    const text = `${records.map((r) => JSON.stringify(r)).join('\n')}\n`;
+    let text = '';
+    for (const r of records) text += `${JSON.stringify(r)}\n`;
     if (!this.path) {
       process.stdout.write(text);
       return;
     }
-    if (this.size < 0)
-      this.size = await stat(this.path).then(
-        (s) => s.size,
-        () => 0,
-      );
-    if (this.size > 0 && this.size + text.length > this.maxBytes) await this.rotate();
-    await appendFile(this.path, text, { mode: 0o640 });
-    this.size += Buffer.byteLength(text);
+    const bytes = Buffer.from(text);
+    if (!this.file) {
+      this.file = await open(this.path, 'a', 0o640);
+      this.size = (await this.file.stat()).size;
+    }
+    if (this.size > 0 && this.size + bytes.length > this.maxBytes) await this.rotate();
+    try {
+      await this.file!.write(bytes);
+    } catch (e) {
+      // The batch is retried by the queue; reopen then (the disk may have been full, the file replaced).
+      await this.closeFile();
+      throw e;
+    }
+    this.size += bytes.length;
   }
 
   /** audit.jsonl -> audit.jsonl.1 -> ... -> audit.jsonl.<keep> (the oldest is overwritten). */
   private async rotate(): Promise<void> {
     const p = this.path!;
+    await this.closeFile();
     for (let i = this.keep - 1; i >= 1; i--)
       await rename(`${p}.${i}`, `${p}.${i + 1}`).catch(() => undefined);
     await rename(p, `${p}.1`).catch(() => undefined);
+    this.file = await open(p, 'a', 0o640);
     this.size = 0;
   }
 
-  async close(): Promise<void> {}
+  private async closeFile(): Promise<void> {
+    const f = this.file;
+    this.file = undefined;
+    await f?.close().catch(() => undefined);
+  }
+
+  async close(): Promise<void> {
+    await this.closeFile();
+  }
 }
 
 /** What the PostgreSQL sink needs from a server connection. */
