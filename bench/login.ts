@@ -16,13 +16,14 @@ import {
   median,
   type PgbenchResult,
   pgbenchArgs,
+  printFailure,
   ratio,
+  runMain,
   runPgbench,
   startDatabase,
   startGprxy,
   startPgbouncer,
   type Target,
-  tail,
   textTable,
   writeGeneratedBlock,
 } from './harness.ts';
@@ -72,12 +73,7 @@ async function main(): Promise<number> {
               : 'FAILED') +
             '\n',
         );
-        if (!r.ok) {
-          process.stdout.write(
-            `--- pgbench output:\n${r.output.trimEnd().split('\n').slice(-25).join('\n')}\n`,
-          );
-          if (t.logFile) process.stdout.write(`--- ${t.name} log (tail):\n${tail(t.logFile)}\n`);
-        }
+        if (!r.ok) printFailure(r, t);
       }
     }
   }
@@ -152,11 +148,4 @@ async function main(): Promise<number> {
   return failures.length ? 1 : 0;
 }
 
-main().then(
-  (code) => process.exit(code),
-  async (e: Error) => {
-    process.stderr.write(`login benchmark failed: ${e.stack ?? e.message}\n`);
-    await cleanup();
-    process.exit(1);
-  },
-);
+runMain('login benchmark', main);

@@ -11,8 +11,10 @@ import {
   BENCH_DB,
   BENCH_USER,
   cleanup,
+  envInt,
   fmt,
   installSignalHandlers,
+  lastLines,
   loadAverage,
   machineInfo,
   makeRoot,
@@ -20,13 +22,16 @@ import {
   median,
   type PgbenchResult,
   type PoolMode,
+  pairedRatio,
   pgbenchArgs,
+  printFailure,
+  ratioText,
+  runMain,
   runPgbench,
   startDatabase,
   startGprxy,
   startPgbouncer,
   type Target,
-  tail,
   textTable,
   writeGeneratedBlock,
 } from './harness.ts';
@@ -61,14 +66,6 @@ function keyOf(t: { name: string; poolMode?: PoolMode }): string {
 function runs(t: Target, sc: Scenario): boolean {
   if (sc.mode !== 'prepared') return true;
   return t.name === 'direct' || (t.name === 'gprxy' && t.poolMode === 'transaction');
-}
-
-function envInt(name: string, dflt: number): number {
-  const v = process.env[name];
-  if (v === undefined || v === '') return dflt;
-  const n = Number(v);
-  if (!Number.isFinite(n) || n < 0) throw new Error(`${name} must be a non-negative number`);
-  return n;
 }
 
 async function main(): Promise<number> {
@@ -107,7 +104,7 @@ async function main(): Promise<number> {
     for (const t of targets) {
       const r = await runPgbench(t, env.password, { clients: SESSION_POOL_SIZE, seconds: warmup });
       process.stdout.write(`# warm-up ${keyOf(t)}: ${r.ok ? `${fmt(r.tps)} tps` : 'FAILED'}\n`);
-      if (!r.ok) reportFailure(r, t);
+      if (!r.ok) printFailure(r, t, keyOf(t));
     }
   }
 
@@ -130,7 +127,7 @@ async function main(): Promise<number> {
               : `FAILED (failed transactions: ${r.failed})`) +
             '\n',
         );
-        if (!r.ok) reportFailure(r, t);
+        if (!r.ok) printFailure(r, t, keyOf(t));
       }
     }
   }
@@ -154,25 +151,8 @@ async function main(): Promise<number> {
     };
   };
   /** Median over rounds of the per-round ratio: runs of one round are adjacent in time, so drift cancels. */
-  const pairedRatio = (
-    sc: Scenario,
-    a: string,
-    b: string,
-    pick: (r: PgbenchResult) => number | undefined,
-  ) => {
-    const ra = runsOf(sc, a);
-    const rb = runsOf(sc, b);
-    const ratios: number[] = [];
-    for (let i = 0; i < Math.min(ra.length, rb.length); i++) {
-      const x = ra[i]!;
-      const y = rb[i]!;
-      const vx = pick(x);
-      const vy = pick(y);
-      if (x.ok && y.ok && vx !== undefined && vy !== undefined && vy > 0) ratios.push(vx / vy);
-    }
-    const m = median(ratios);
-    return Number.isFinite(m) ? `${m.toFixed(2)}x` : 'n/a';
-  };
+  const paired = (sc: Scenario, a: string, b: string, pick: (r: PgbenchResult) => number | undefined) =>
+    ratioText(pairedRatio(runsOf(sc, a), runsOf(sc, b), pick));
   const tpsText = (sc: Scenario, key: string) => {
     const c = cell(sc, key);
     if (!c.ran) return '—';
@@ -218,10 +198,10 @@ async function main(): Promise<number> {
           ? [
               bouncerRuns ? tpsText(sc, b) : 'not run (1.18)',
               bouncerRuns ? latText(sc, b) : '—',
-              bouncerRuns ? pairedRatio(sc, g, b, (r) => r.tps) : '—',
+              bouncerRuns ? paired(sc, g, b, (r) => r.tps) : '—',
             ]
           : []),
-        pairedRatio(sc, g, 'direct', (r) => r.tps),
+        paired(sc, g, 'direct', (r) => r.tps),
       ]);
     }
     return rows;
@@ -244,9 +224,7 @@ async function main(): Promise<number> {
         mode,
         `${sc.clients} / ${sc.mode}`,
         cpuText(sc, g),
-        ...(hasBouncer
-          ? [cpuText(sc, b), bouncerRuns ? pairedRatio(sc, g, b, (r) => r.cpuUsPerTx) : '—']
-          : []),
+        ...(hasBouncer ? [cpuText(sc, b), bouncerRuns ? paired(sc, g, b, (r) => r.cpuUsPerTx) : '—'] : []),
       ]);
     }
   }
@@ -314,22 +292,4 @@ async function main(): Promise<number> {
   return failures.length ? 1 : 0;
 }
 
-function lastLines(text: string, n: number): string {
-  return text.trimEnd().split('\n').slice(-n).join('\n');
-}
-
-function reportFailure(r: PgbenchResult, t: Target): void {
-  process.stdout.write(
-    `--- pgbench output (${keyOf(t)}, c=${r.clients}, ${r.mode}):\n${lastLines(r.output, 25)}\n`,
-  );
-  if (t.logFile) process.stdout.write(`--- ${keyOf(t)} log (tail):\n${tail(t.logFile)}\n`);
-}
-
-main().then(
-  (code) => process.exit(code),
-  async (e: Error) => {
-    process.stderr.write(`benchmark failed: ${e.stack ?? e.message}\n`);
-    await cleanup();
-    process.exit(1);
-  },
-);
+runMain('benchmark', main);

@@ -6,12 +6,15 @@
 // kept; default a temp dir that is removed unless BENCH_KEEP=1), BENCH_PROFILE_TOP (default 30), BENCH_PERF=1
 // (`perf record` gprxy with --perf-basic-prof instead of --cpu-prof: true CPU samples, kernel included),
 // BENCH_POOL_MODE (session or transaction; default session), BENCH_TX_POOL_SIZE (transaction mode pool size,
-// default 10), BENCH_PROTOCOL (simple, extended or prepared; default simple), BENCH_CLIENTS (default 64).
+// default 10), BENCH_PROTOCOL (simple, extended or prepared; default simple), BENCH_CLIENTS (default 64; 8 with
+// BENCH_LOGIN), BENCH_AUDIT=1 (audit on: a JSON-lines file sink, as bench/audit.ts), BENCH_LOGIN (scram,
+// scram-fast or token: profile logins instead, `pgbench -C` over TLS as bench/token-login.ts).
 import { execFileSync, spawn } from 'node:child_process';
 import { mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { type CpuProfile, formatSummary, summarize } from './cpuprofile.ts';
 import {
+  BENCH_USER,
   cleanup,
   fmt,
   installSignalHandlers,
@@ -19,16 +22,23 @@ import {
   onCleanup,
   processCpuSplitUs,
   REPO,
+  runMain,
   runPgbench,
   startDatabase,
   startGprxy,
 } from './harness.ts';
+import { IDENTITY, prepareTokenLogins, SSO_ROLE } from './sso.ts';
+
+const FAST_USER = 'bench_fast';
 
 async function main(): Promise<number> {
   installSignalHandlers();
   const seconds = Number(process.env.BENCH_SECONDS || 15);
   const scale = Number(process.env.BENCH_SCALE || 10);
-  const clients = Number(process.env.BENCH_CLIENTS || 64);
+  const login = process.env.BENCH_LOGIN as 'scram' | 'scram-fast' | 'token' | undefined;
+  if (login !== undefined && !['scram', 'scram-fast', 'token'].includes(login))
+    throw new Error('BENCH_LOGIN must be scram, scram-fast or token');
+  const clients = Number(process.env.BENCH_CLIENTS || (login ? 8 : 64));
   const poolMode = process.env.BENCH_POOL_MODE === 'transaction' ? 'transaction' : 'session';
   const poolSize = poolMode === 'transaction' ? Number(process.env.BENCH_TX_POOL_SIZE || 10) : clients;
   const protocol = (process.env.BENCH_PROTOCOL || 'simple') as 'simple' | 'extended' | 'prepared';
@@ -37,16 +47,42 @@ async function main(): Promise<number> {
   const root = makeRoot('gprxy-profile-');
   const profDir = resolve(process.env.BENCH_PROFILE_DIR ?? join(root, 'prof'));
   mkdirSync(profDir, { recursive: true });
-  const env = await startDatabase(root, scale);
+  const env = await startDatabase(root, scale, login ? [{ name: FAST_USER, iterations: 1 }, SSO_ROLE] : []);
+  // Logins: TLS, HBA and the local OIDC issuer exactly as bench/token-login.ts sets them up, for every kind.
+  const sso = login ? await prepareTokenLogins(root, [BENCH_USER, FAST_USER]) : undefined;
   const usePerf = Boolean(process.env.BENCH_PERF);
+  const auditFile = join(root, 'audit.jsonl');
   const gprxy = await startGprxy(env, {
     poolSize,
     poolMode,
+    ...(sso?.proxy ?? {}),
+    ...(process.env.BENCH_AUDIT
+      ? {
+          extraConfig: [
+            ...(sso?.proxy.extraConfig ?? []),
+            'audit:',
+            `  sinks: [{ type: file, path: ${JSON.stringify(auditFile)} }]`,
+          ],
+        }
+      : {}),
     // perf alone: V8's sampler would otherwise show up in perf's samples.
     nodeFlags: usePerf ? ['--perf-basic-prof'] : ['--cpu-prof', '--cpu-prof-dir', profDir],
   });
   if (usePerf) onCleanup(() => rmSync(`/tmp/perf-${gprxy.pid}.map`, { force: true }));
-  const warm = await runPgbench(gprxy, env.password, { clients, seconds: 5, mode: protocol });
+  const pgbench = (secs: number) =>
+    runPgbench(gprxy, login === 'token' ? sso!.token : env.password, {
+      clients,
+      seconds: secs,
+      mode: protocol,
+      ...(login
+        ? {
+            connect: true,
+            sslmode: 'require' as const,
+            user: login === 'token' ? IDENTITY : login === 'scram-fast' ? FAST_USER : BENCH_USER,
+          }
+        : {}),
+    });
+  const warm = await pgbench(5);
   process.stdout.write(`# warm-up: ${warm.ok ? `${fmt(warm.tps)} tps` : 'FAILED'}\n`);
   const perfData = join(profDir, 'perf.data');
   // BENCH_PERF=1: also `perf record` the gprxy process over the measured run (CPU samples, kernel included).
@@ -56,7 +92,7 @@ async function main(): Promise<number> {
       })
     : undefined;
   const before = processCpuSplitUs(gprxy.pid!);
-  const r = await runPgbench(gprxy, env.password, { clients, seconds, mode: protocol });
+  const r = await pgbench(seconds);
   const after = processCpuSplitUs(gprxy.pid!);
   if (perf) {
     const done = new Promise((res) => perf.once('close', res));
@@ -64,7 +100,7 @@ async function main(): Promise<number> {
     await done;
   }
   process.stdout.write(
-    `# pool_mode ${poolMode}, pool size ${poolSize}; ${r.command}: ${r.ok ? `${fmt(r.tps)} tps, ${r.latencyMs.toFixed(3)} ms` : `FAILED\n${r.output}`}\n`,
+    `# pool_mode ${poolMode}, pool size ${poolSize}${process.env.BENCH_AUDIT ? ', audit on (file sink)' : ''}${login ? `, ${login} logins over TLS` : ''}; ${r.command}: ${r.ok ? `${fmt(r.tps)} tps, ${r.latencyMs.toFixed(3)} ms` : `FAILED\n${r.output}`}\n`,
   );
   if (before && after && r.transactions > 0) {
     const per = (x: number) => (x / r.transactions).toFixed(1);
@@ -111,11 +147,4 @@ async function main(): Promise<number> {
   return r.ok ? 0 : 1;
 }
 
-main().then(
-  (code) => process.exit(code),
-  async (e: Error) => {
-    process.stderr.write(`profile failed: ${e.stack ?? e.message}\n`);
-    await cleanup();
-    process.exit(1);
-  },
-);
+runMain('profile', main);
