@@ -11,7 +11,7 @@ import { AuthQuery } from './client/auth-query.ts';
 import type { ProxyContext } from './client/context.ts';
 import { PerUserRoles } from './client/per-user.ts';
 import { backendCredential, ClientSession, newMockKey } from './client/session.ts';
-import { type Config, findDatabase, loadConfigFile, poolSettings } from './config/load.ts';
+import { type Config, findDatabase, loadConfigFile } from './config/load.ts';
 import { createEvents } from './events.ts';
 import type { Logger } from './log/logger.ts';
 import { dialServer, sendCancelRequest } from './net/dial.ts';
@@ -22,7 +22,7 @@ import { createOperations } from './operations.ts';
 import { PoolRegistry } from './pool/pool.ts';
 import { encodeError } from './protocol/backend.ts';
 import { PgError } from './protocol/errors.ts';
-import { cancelTarget, ServerConnection } from './server/connection.ts';
+import { cancelTarget, ServerConnection, serverTarget } from './server/connection.ts';
 
 export interface ProxyHandle {
   readonly host: string;
@@ -113,15 +113,7 @@ export async function startProxy(
             const db = findDatabase(c, s.database);
             if (!db) return Promise.reject(new Error(`audit database ${s.database} is not configured`));
             return ServerConnection.connect(
-              {
-                host: db.host,
-                port: db.port,
-                tls: db.server_tls ?? c.server_tls,
-                connectTimeoutMs: poolSettings(c, s.database, s.user).server_connect_timeout,
-                database: db.dbname ?? s.database,
-                user: s.user,
-                credential: backendCredential(ctx, s.user),
-              },
+              serverTarget(c, s.database, db, s.user, backendCredential(ctx, s.user)),
               dialServer,
             );
           }, s.table);
@@ -197,15 +189,16 @@ export async function startProxy(
         const cfgAtStart = config;
         q = new AuthQuery(
           () =>
-            ctx.connectServer({
-              host: db.host,
-              port: db.port,
-              tls: db.server_tls ?? cfgAtStart.server_tls,
-              connectTimeoutMs: poolSettings(cfgAtStart, dbName, authUser).server_connect_timeout,
-              database: db.dbname ?? (dbName === '*' ? database : dbName),
-              user: authUser,
-              credential: backendCredential(ctx, authUser),
-            }),
+            ctx.connectServer(
+              serverTarget(
+                cfgAtStart,
+                dbName,
+                db,
+                authUser,
+                backendCredential(ctx, authUser),
+                db.dbname ?? (dbName === '*' ? database : dbName),
+              ),
+            ),
           {
             sql: config.auth.query,
             ttlMs: config.auth.cache_ttl,
@@ -227,15 +220,7 @@ export async function startProxy(
       const db = findDatabase(config, database);
       if (!db) return;
       void ctx
-        .connectServer({
-          host: db.host,
-          port: db.port,
-          tls: db.server_tls ?? config.server_tls,
-          connectTimeoutMs: poolSettings(config, database, user).server_connect_timeout,
-          database: db.dbname ?? database,
-          user,
-          credential: backendCredential(ctx, user),
-        })
+        .connectServer(serverTarget(config, database, db, user, backendCredential(ctx, user)))
         .then(async (conn) => {
           const r = await conn.queryRows(
             'SELECT rolsuper::text, rolbypassrls::text, rolinherit::text FROM pg_roles WHERE rolname = current_user',

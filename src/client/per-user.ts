@@ -7,11 +7,16 @@ import { hmacSha256 } from '../auth/crypto.ts';
 import { mapIdentity, perUserRoleName } from '../auth/mapping.ts';
 import type { Identity } from '../auth/oidc/verify.ts';
 import { makeScramVerifier } from '../auth/verifiers.ts';
-import { type Config, findDatabase, perUserStateKey, poolSettings } from '../config/load.ts';
+import { type Config, findDatabase, perUserStateKey } from '../config/load.ts';
 import { decryptSecret, encryptSecret } from '../config/secrets.ts';
 import type { Logger } from '../log/logger.ts';
 import { PgError } from '../protocol/errors.ts';
-import type { BackendCredential, ServerConnection, ServerTarget } from '../server/connection.ts';
+import {
+  type BackendCredential,
+  type ServerConnection,
+  type ServerTarget,
+  serverTarget,
+} from '../server/connection.ts';
 import { literal } from '../server/sql.ts';
 
 /** What gprxy remembers of the person, to re-map them when the rules change (never the token). */
@@ -471,15 +476,15 @@ export class PerUserRoles {
     const password = cfg.users[p.user]?.password;
     let conn: ServerConnection;
     try {
-      conn = await this.deps.connect({
-        host: db.host,
-        port: db.port,
-        tls: db.server_tls ?? cfg.server_tls,
-        connectTimeoutMs: poolSettings(cfg, p.database, p.user).server_connect_timeout,
-        database: db.dbname ?? p.database,
-        user: p.user,
-        credential: password === undefined ? undefined : { kind: 'password', password },
-      });
+      conn = await this.deps.connect(
+        serverTarget(
+          cfg,
+          p.database,
+          db,
+          p.user,
+          password === undefined ? undefined : { kind: 'password', password },
+        ),
+      );
     } catch (e) {
       this.deps.log.warn(
         {

@@ -21,7 +21,7 @@ import { type Frame, MAX_AUTH_MESSAGE, MessageFramer } from '../protocol/framer.
 import { QueryTracker } from '../relay/query-tracker.ts';
 import { type ClientIO, SessionRelay } from '../relay/relay.ts';
 import { TransactionRelay } from '../relay/transaction.ts';
-import type { BackendCredential, ServerConnection } from '../server/connection.ts';
+import { type BackendCredential, type ServerConnection, serverTarget } from '../server/connection.ts';
 import { type AuthChannel, type AuthOutcome, type AuthType, authenticateClient } from './auth.ts';
 import type { ProxyContext } from './context.ts';
 import { type SsoLogin, ssoLogin } from './sso.ts';
@@ -563,15 +563,7 @@ export class ClientSession implements ClientIO, AuthChannel {
           ? { kind: 'password', password: forcedPassword! }
           : backendCredential(ctx, backendUser);
       return ctx
-        .connectServer({
-          host: d.host,
-          port: d.port,
-          tls: d.server_tls ?? c.server_tls,
-          connectTimeoutMs: poolSettings(c, key.database, key.user).server_connect_timeout,
-          database,
-          user: backendUser,
-          credential,
-        })
+        .connectServer(serverTarget(c, key.database, d, backendUser, credential, database))
         .catch((e: unknown) => {
           // A recovered SCRAM key the server refuses belongs to an old verifier: forget it (the next login of that
           // user teaches the new one).

@@ -3,7 +3,8 @@
 
 import { md5Response } from '../auth/md5.ts';
 import { ScramClient } from '../auth/scram-client.ts';
-import type { ServerTlsConfig } from '../config/schema.ts';
+import { type Config, poolSettings } from '../config/load.ts';
+import type { DatabaseConfig, ServerTlsConfig } from '../config/schema.ts';
 import type { DialTarget, ServerSocket } from '../net/dial.ts';
 import {
   AuthCode,
@@ -44,6 +45,29 @@ export interface ServerTarget {
   database: string;
   user: string;
   credential: BackendCredential | undefined;
+}
+
+/**
+ * The server behind database entry `name` for a login as `user`: the entry's host, port and TLS (or the global
+ * server_tls), the pool's server_connect_timeout, and the database to ask for (the entry's dbname, else the name).
+ */
+export function serverTarget(
+  cfg: Config,
+  name: string,
+  entry: DatabaseConfig,
+  user: string,
+  credential: BackendCredential | undefined,
+  database = entry.dbname ?? name,
+): ServerTarget {
+  return {
+    host: entry.host,
+    port: entry.port,
+    tls: entry.server_tls ?? cfg.server_tls,
+    connectTimeoutMs: poolSettings(cfg, name, user).server_connect_timeout,
+    database,
+    user,
+    credential,
+  };
 }
 
 export type Dialer = (t: DialTarget) => Promise<{ socket: ServerSocket; tls: boolean }>;
