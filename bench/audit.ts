@@ -285,7 +285,7 @@ async function main(): Promise<number> {
   const missed = verdicts.filter((v) => !(v.ratio >= TARGET_RATIO));
   const verdict = allMet
     ? `met in every scenario`
-    : `missed in ${missed.map((v) => `${v.sc.clients} / ${v.sc.mode} (${ratioText(v.ratio)})`).join(', ')}`;
+    : `missed in ${missed.map((v) => `${v.sc.clients} / ${v.sc.mode} (${Number.isFinite(v.ratio) ? v.ratio.toFixed(3) : 'n/a'})`).join(', ')}`;
   const check = `${exactRuns} of ${audited.length} audited runs had exactly one \`query\` record per pgbench transaction${exactRuns < audited.length ? ` (differences per run, records − transactions: ${diffs.join(', ')})` : ''}; ${fmt(otherQueries)} further \`query\` records are pgbench's set-up statements (\`select count(*) from pgbench_branches\`, \`vacuum\`, \`truncate\`), plus one \`login\` and one \`disconnect\` record per connection. ${fmt(totalRecords)} records, ${fmt(totalBytes / 1024 / 1024, 1)} MiB in all (${fmt(totalBytes / Math.max(1, totalRecords))} bytes per record); largest queue depth when pgbench ended: ${fmt(maxDepth)} (queue_size 10,000); polled every 200 ms after pgbench ended, the queue was empty and the file complete within ${fmt(maxDrain)} ms.`;
   process.stdout.write(
     `\n${textTable(rows)}\n\ntarget on/off >= ${TARGET_RATIO}: ${verdict}\n${check.replaceAll('`', '')}\nload average before: ${loadBefore}, after: ${loadAfter}\n`,
