@@ -1,7 +1,7 @@
 // The audit trail: subscribes to the proxy's events and turns them into one record per statement (and per
 // connect, login failure, disconnect, pin, token expiry, cancel), carrying who did it; queued per sink.
 import type { ProxyEvents, QueryEvent, SessionStartEvent, TypedChannel } from '../events.ts';
-import { AuditQueue, type AuditSink, type OverflowPolicy } from './queue.ts';
+import { AUDIT_LINE, AuditQueue, type AuditSink, type OverflowPolicy } from './queue.ts';
 
 export interface AuditOptions {
   maxStatementLength: number;
@@ -45,6 +45,50 @@ function unknownSession(session: number): Who {
   };
 }
 
+/** The session fields as they appear inside a JSON line (`"session":1,...,"application_name":"x"`), made once. */
+function whoJson(w: Who): string {
+  const j = JSON.stringify(w);
+  return j.slice(1, -1);
+}
+
+/** ISO-8601 timestamps with the date-and-second part cached: `toISOString()` once per second, not per record. */
+export function isoClock(): (ms: number) => string {
+  let second = Number.NaN;
+  let prefix = '';
+  return (ms: number) => {
+    const s = Math.floor(ms / 1000);
+    if (s !== second) {
+      second = s;
+      prefix = new Date(s * 1000).toISOString().slice(0, 20); // 2026-11-23T19:03:44.
+    }
+    const milli = ms - s * 1000;
+    return `${prefix}${milli < 10 ? '00' : milli < 100 ? '0' : ''}${Math.floor(milli)}Z`;
+  };
+}
+
+const DETAIL_SIMPLE = '{"kind":"simple"}';
+const DETAIL_EXTENDED = '{"kind":"extended"}';
+
+/** A statement record's JSON line, byte for byte what JSON.stringify(record) gives, built without walking it. */
+export function queryLine(r: QueryRecord, who: string): string {
+  const d = r.detail;
+  const detail =
+    Object.keys(d).length === 1 ? (d.kind === 'simple' ? DETAIL_SIMPLE : DETAIL_EXTENDED) : JSON.stringify(d);
+  return `{"ts":"${r.ts}","event":"query",${who},"statement":${JSON.stringify(r.statement)},"duration_ms":${r.duration_ms},"rows":${r.rows === null ? 'null' : r.rows},"outcome":"${r.outcome}","sqlstate":${r.sqlstate === null ? 'null' : JSON.stringify(r.sqlstate)},"detail":${detail}}`;
+}
+
+export interface QueryRecord extends Who {
+  ts: string;
+  event: 'query';
+  statement: string;
+  duration_ms: number;
+  rows: number | null;
+  outcome: 'ok' | 'error';
+  sqlstate: string | null;
+  detail: Record<string, unknown>;
+  [AUDIT_LINE]?: string;
+}
+
 function truncate(s: string, max: number): string {
   return s.length > max ? `${s.slice(0, max)}…` : s;
 }
@@ -56,16 +100,17 @@ export function startAudit(
   onSinkError: (sink: string, err: Error) => void,
 ): Audit {
   const queues = sinks.map((s) => new AuditQueue(s, opts.queueSize, opts.onOverflow, onSinkError));
-  /** Who each logged-in session is, built once per session and shared by all of its records. */
-  const sessions = new Map<number, Who>();
-  const push = (r: Record<string, unknown>) => {
+  /** Who each logged-in session is (and its JSON), built once per session and shared by all of its records. */
+  const sessions = new Map<number, { who: Who; json: string }>();
+  const push = (r: object) => {
     for (const q of queues) q.push(r);
   };
-  const who = (session: number): Who => sessions.get(session) ?? unknownSession(session);
+  const who = (session: number): Who => sessions.get(session)?.who ?? unknownSession(session);
+  const iso = isoClock();
   const ts = () => new Date().toISOString();
 
   const onStart = (e: SessionStartEvent) => {
-    sessions.set(e.session, {
+    const w: Who = {
       session: e.session,
       identity: e.identity,
       auth_method: e.method,
@@ -73,7 +118,8 @@ export function startAudit(
       backend_role: e.backendRole,
       client_addr: e.clientAddress,
       application_name: e.applicationName,
-    });
+    };
+    sessions.set(e.session, { who: w, json: whoJson(w) });
     push({
       ts: ts(),
       event: 'login',
@@ -100,9 +146,10 @@ export function startAudit(
       detail.params = e.params.map((p) => (p === null ? null : truncate(p, opts.maxParameterLength)));
     }
     if (e.message) detail.message = truncate(e.message, 1024);
-    const w = who(e.session);
-    push({
-      ts: new Date(e.startedAt).toISOString(),
+    const s = sessions.get(e.session);
+    const w = s?.who ?? unknownSession(e.session);
+    const r: QueryRecord = {
+      ts: iso(e.startedAt),
       event: 'query',
       session: w.session,
       identity: w.identity,
@@ -117,7 +164,9 @@ export function startAudit(
       outcome: e.sqlstate ? 'error' : 'ok',
       sqlstate: e.sqlstate ?? null,
       detail,
-    });
+    };
+    r[AUDIT_LINE] = queryLine(r, s?.json ?? whoJson(w));
+    push(r);
   };
   const onFailed = (e: {
     session: number;

@@ -5,6 +5,12 @@
 
 export type OverflowPolicy = 'block' | 'drop';
 
+/**
+ * A record's JSON line, when its producer built it already (statement records are serialised by hand from
+ * pre-serialised session fields); a symbol key, so JSON.stringify and the table sink's columns never see it.
+ */
+export const AUDIT_LINE: unique symbol = Symbol('gprxy.audit.line');
+
 export interface AuditSink {
   readonly name: string;
   /** Writes a batch; rejects to have the same batch retried later (records are kept). */

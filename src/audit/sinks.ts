@@ -1,7 +1,7 @@
 // Audit sinks: JSON lines to stdout or a file (size-based rotation), and a PostgreSQL table (created if missing,
 // batched multi-row INSERTs with bind parameters over a dedicated connection, reconnecting after failures).
 import { type FileHandle, open, rename } from 'node:fs/promises';
-import type { AuditSink } from './queue.ts';
+import { AUDIT_LINE, type AuditSink } from './queue.ts';
 
 export class JsonLinesSink implements AuditSink {
   readonly name: string;
@@ -20,7 +20,7 @@ export class JsonLinesSink implements AuditSink {
 
   async write(records: readonly object[]): Promise<void> {
     let text = '';
-    for (const r of records) text += `${JSON.stringify(r)}\n`;
+    for (const r of records) text += `${(r as { [AUDIT_LINE]?: string })[AUDIT_LINE] ?? JSON.stringify(r)}\n`;
     if (!this.path) {
       process.stdout.write(text);
       return;
