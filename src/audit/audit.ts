@@ -66,14 +66,21 @@ export function isoClock(): (ms: number) => string {
   };
 }
 
-const DETAIL_SIMPLE = '{"kind":"simple"}';
-const DETAIL_EXTENDED = '{"kind":"extended"}';
+/** The detail of most statements, shared (never mutated) with its JSON. */
+const DETAIL_SIMPLE: Readonly<Record<string, unknown>> = Object.freeze({ kind: 'simple' });
+const DETAIL_EXTENDED: Readonly<Record<string, unknown>> = Object.freeze({ kind: 'extended' });
+const DETAIL_SIMPLE_JSON = '{"kind":"simple"}';
+const DETAIL_EXTENDED_JSON = '{"kind":"extended"}';
 
 /** A statement record's JSON line, byte for byte what JSON.stringify(record) gives, built without walking it. */
 export function queryLine(r: QueryRecord, who: string): string {
   const d = r.detail;
   const detail =
-    Object.keys(d).length === 1 ? (d.kind === 'simple' ? DETAIL_SIMPLE : DETAIL_EXTENDED) : JSON.stringify(d);
+    d === DETAIL_SIMPLE
+      ? DETAIL_SIMPLE_JSON
+      : d === DETAIL_EXTENDED
+        ? DETAIL_EXTENDED_JSON
+        : JSON.stringify(d);
   return `{"ts":"${r.ts}","event":"query",${who},"statement":${JSON.stringify(r.statement)},"duration_ms":${r.duration_ms},"rows":${r.rows === null ? 'null' : r.rows},"outcome":"${r.outcome}","sqlstate":${r.sqlstate === null ? 'null' : JSON.stringify(r.sqlstate)},"detail":${detail}}`;
 }
 
@@ -85,7 +92,7 @@ export interface QueryRecord extends Who {
   rows: number | null;
   outcome: 'ok' | 'error';
   sqlstate: string | null;
-  detail: Record<string, unknown>;
+  detail: Readonly<Record<string, unknown>>;
   [AUDIT_LINE]?: string;
 }
 
@@ -140,12 +147,16 @@ export function startAudit(
   };
   // The hot one (a record per statement): fields assigned in a fixed order, no spreads.
   const onQuery = (e: QueryEvent) => {
-    const detail: Record<string, unknown> = { kind: e.kind };
-    if (e.copy) detail.copy = e.copy;
-    if (opts.logParameters && e.params) {
-      detail.params = e.params.map((p) => (p === null ? null : truncate(p, opts.maxParameterLength)));
+    let detail: Readonly<Record<string, unknown>> = e.kind === 'simple' ? DETAIL_SIMPLE : DETAIL_EXTENDED;
+    if (e.copy || e.message || (opts.logParameters && e.params)) {
+      const d: Record<string, unknown> = { kind: e.kind };
+      if (e.copy) d.copy = e.copy;
+      if (opts.logParameters && e.params) {
+        d.params = e.params.map((p) => (p === null ? null : truncate(p, opts.maxParameterLength)));
+      }
+      if (e.message) d.message = truncate(e.message, 1024);
+      detail = d;
     }
-    if (e.message) detail.message = truncate(e.message, 1024);
     const s = sessions.get(e.session);
     const w = s?.who ?? unknownSession(e.session);
     const r: QueryRecord = {

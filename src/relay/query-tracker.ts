@@ -17,12 +17,16 @@ type Entry =
 
 /** Rows from a CommandComplete tag ("SELECT 5", "INSERT 0 3", "COPY 10"); null for tags without a count. */
 export function tagRows(tag: string): number | null {
-  const m = /(\d+)$/.exec(tag);
-  if (!m) return null;
-  return tag.startsWith('INSERT') || /^(SELECT|UPDATE|DELETE|MERGE|COPY|FETCH|MOVE)\b/.test(tag)
-    ? Number(m[1])
-    : null;
+  // The count is the last word; a scan from the end instead of a regex (this runs once per audited statement).
+  let i = tag.length;
+  while (i > 0 && tag.charCodeAt(i - 1) >= 48 && tag.charCodeAt(i - 1) <= 57) i--;
+  if (i === tag.length || (i > 0 && tag.charCodeAt(i - 1) !== 32)) return null;
+  const sp = tag.indexOf(' ');
+  const verb = sp < 0 ? tag : tag.slice(0, sp);
+  return ROW_COUNT_TAGS.has(verb) ? Number(tag.slice(i)) : null;
 }
+
+const ROW_COUNT_TAGS = new Set(['INSERT', 'SELECT', 'UPDATE', 'DELETE', 'MERGE', 'COPY', 'FETCH', 'MOVE']);
 
 export class QueryTracker {
   private readonly pending: Entry[] = [];
@@ -125,17 +129,20 @@ export class QueryTracker {
     const e = this.pending.shift();
     if (!e || e.kind === 'sync') return;
     if (!this.channel.hasSubscribers) return;
-    this.channel.publish({
+    // One shape for every event (absent fields undefined), no spreads: this runs once per audited statement.
+    const ev: QueryEvent = {
       session: this.session,
       sql: e.sql,
       kind: e.kind,
-      ...(this.logParameters && e.params ? { params: e.params } : {}),
+      params: this.logParameters ? e.params : undefined,
       startedAt: e.startedAt,
       durationMs: performance.now() - e.t0,
       rows: e.rows,
-      ...(e.copy ? { copy: e.copy } : {}),
-      ...(sqlstate ? { sqlstate, message: message ?? '' } : {}),
-    });
+      copy: e.copy,
+      sqlstate: sqlstate || undefined,
+      message: sqlstate ? (message ?? '') : undefined,
+    };
+    this.channel.publish(ev);
   }
 }
 
@@ -176,9 +183,12 @@ function cstringAt(body: Buffer, pos: number): [string, number] {
 /** Feeds a client message (Q, P, B, E; S is a NOTE) to the tracker. */
 export function trackClientMessage(t: QueryTracker, type: number, body: Buffer): void {
   switch (type) {
-    case 0x51: // Query
-      t.query(cstringAt(body, 0)[0]);
+    case 0x51: {
+      // Query: the text up to its terminating NUL (no tuple, unlike cstringAt)
+      const end = body.indexOf(0);
+      t.query(body.toString('utf8', 0, end < 0 ? body.length : end));
       break;
+    }
     case 0x50: {
       // Parse
       const [name, p] = cstringAt(body, 0);
