@@ -1,13 +1,15 @@
 // Audit sinks: JSON lines to stdout or a file (size-based rotation), and a PostgreSQL table (created if missing,
 // batched multi-row INSERTs with bind parameters over a dedicated connection, reconnecting after failures).
-import { type FileHandle, open, rename } from 'node:fs/promises';
+import { type FileHandle, open, rename, stat } from 'node:fs/promises';
 import { AUDIT_LINE, type AuditSink } from './queue.ts';
 
 export class JsonLinesSink implements AuditSink {
   readonly name: string;
   private size = 0;
-  /** The file, open for appending between batches (reopened after a rotation or a failed write). */
+  /** The file, open for appending between batches (reopened after a rotation, a failed write, or a move). */
   private file: FileHandle | undefined;
+  /** The open file's inode: when the path names another file (logrotate moved or deleted ours), reopen. */
+  private ino = -1;
 
   constructor(
     /** A file path, or undefined for stdout. */
@@ -26,13 +28,18 @@ export class JsonLinesSink implements AuditSink {
       return;
     }
     const bytes = Buffer.from(text);
-    if (!this.file) {
-      this.file = await open(this.path, 'a', 0o640);
-      this.size = (await this.file.stat()).size;
+    if (this.file) {
+      const now = await stat(this.path).then(
+        (st) => st.ino,
+        () => -1,
+      );
+      if (now !== this.ino) await this.closeFile();
     }
+    if (!this.file) await this.openFile();
     if (this.size > 0 && this.size + bytes.length > this.maxBytes) await this.rotate();
     try {
-      await this.file!.write(bytes);
+      // appendFile on the handle writes the whole buffer (a short write continues), so no line is cut.
+      await this.file!.appendFile(bytes);
     } catch (e) {
       // The batch is retried by the queue; reopen then (the disk may have been full, the file replaced).
       await this.closeFile();
@@ -48,8 +55,15 @@ export class JsonLinesSink implements AuditSink {
     for (let i = this.keep - 1; i >= 1; i--)
       await rename(`${p}.${i}`, `${p}.${i + 1}`).catch(() => undefined);
     await rename(p, `${p}.1`).catch(() => undefined);
-    this.file = await open(p, 'a', 0o640);
-    this.size = 0;
+    await this.openFile();
+  }
+
+  private async openFile(): Promise<void> {
+    const f = await open(this.path!, 'a', 0o640);
+    const st = await f.stat();
+    this.file = f;
+    this.ino = st.ino;
+    this.size = st.size;
   }
 
   private async closeFile(): Promise<void> {

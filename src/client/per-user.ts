@@ -190,6 +190,14 @@ export class PerUserRoles {
           'GPRXY_SSO_ROLE_TAKEN',
         );
       }
+      // The same name from another provider, or another subject of the same provider, is another person: the
+      // login stays with whoever it was made for.
+      if (rec && (rec.claims.provider !== identity.provider || rec.claims.subject !== identity.subject)) {
+        throw refused(
+          `the database login "${role}" was made for "${identity.name}" of another identity provider or subject`,
+          'GPRXY_SSO_ROLE_TAKEN',
+        );
+      }
       const claims = claimsOf(identity);
       const key = this.key(cfg);
       if (

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { POOL_DEFAULTS, type PoolSettings } from '../config/schema.ts';
 import { PgError } from '../protocol/errors.ts';
-import { type PooledServer, PoolRegistry } from './pool.ts';
+import { type Lease, type PooledServer, PoolRegistry } from './pool.ts';
 
 let ids = 1;
 class FakeServer implements PooledServer {
@@ -180,4 +180,38 @@ test('a server closing while idle is forgotten; shutdown rejects waiters with 57
   await assert.rejects(waiting, (e: PgError) => e.sqlState === '57P01');
   held.release(true);
   assert.equal(held.server.closed, true, 'a server returned after shutdown is closed');
+});
+
+test('a server handed through thousands of waiters that give it straight back does not grow the stack', async () => {
+  const { pool } = setup({ default_pool_size: 1 });
+  const first = await pool.acquire();
+  let served = 0;
+  let last: Lease<FakeServer> | null = null;
+  const n = 20_000;
+  for (let i = 0; i < n; i++) {
+    // Waiters whose client has left: each releases the lease at once, inside the pool's hand-over.
+    pool.lease((err, lease) => {
+      assert.equal(err, null);
+      served++;
+      if (i === n - 1) last = lease;
+      else lease!.release(true);
+    });
+  }
+  first.release(true);
+  assert.equal(served, n);
+  assert.ok(last, 'the last waiter holds the server');
+  assert.equal(pool.counts.waiting, 0);
+});
+
+test('a shorter query_wait_timeout after a reload applies to the next waiter at once', async () => {
+  const { pool, settings } = setup({ default_pool_size: 1, query_wait_timeout: 60_000 });
+  const held = await pool.acquire();
+  const slow = pool.acquire();
+  pool.settings = { ...settings, query_wait_timeout: 30 };
+  const t0 = performance.now();
+  await assert.rejects(pool.acquire(), (e: PgError) => e.sqlState === '53300');
+  assert.ok(performance.now() - t0 < 5000, 'expired on the new, shorter timeout');
+  assert.equal(pool.counts.waiting, 1, 'the first waiter keeps its own deadline');
+  held.release(true);
+  (await slow).release(true);
 });

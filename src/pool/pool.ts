@@ -27,7 +27,7 @@ export type LeaseCallback<S extends PooledServer> = (err: PgError | null, lease:
 interface Waiter<S extends PooledServer> {
   done: LeaseCallback<S>;
   since: number;
-  /** When query_wait_timeout runs out: real time (Date.now), the clock setTimeout keeps. */
+  /** When query_wait_timeout runs out: monotonic (performance.now), like setTimeout, immune to clock steps. */
   deadline: number;
 }
 
@@ -64,6 +64,15 @@ export class Pool<S extends PooledServer> {
   private readonly waiters: Waiter<S>[] = [];
   /** One timer for all waiters, armed for the earliest deadline (a timer per wait costs more than the wait). */
   private waitTimer: NodeJS.Timeout | undefined;
+  /** The deadline the timer is armed for. */
+  private waitTimerAt = Infinity;
+  /**
+   * A server given to a waiter can come straight back (a client that left while waiting releases it at once):
+   * servers placed while a placement runs wait here and are handed on by the outer loop, so a chain of such
+   * waiters costs iterations, not stack frames.
+   */
+  private placing = false;
+  private readonly toPlace: S[] = [];
   private lastFailure: { error: PgError; at: number } | undefined;
   /** The parameters a server reports at login, cached from the pool's first server (transaction-mode logins). */
   welcome: ReadonlyMap<string, string> | undefined;
@@ -137,7 +146,10 @@ export class Pool<S extends PooledServer> {
       return undefined;
     }
     const since = this.now();
-    this.waiters.push({ done: later, since, deadline: Date.now() + this.settings.query_wait_timeout });
+    const deadline = performance.now() + this.settings.query_wait_timeout;
+    this.waiters.push({ done: later, since, deadline });
+    // A reload may have shortened query_wait_timeout: an earlier deadline than the armed one re-arms.
+    if (deadline < this.waitTimerAt) this.disarmWaitTimer();
     this.armWaitTimer();
     this.grow();
     return undefined;
@@ -147,7 +159,10 @@ export class Pool<S extends PooledServer> {
     if (this.waitTimer !== undefined || this.waiters.length === 0) return;
     let first = Infinity;
     for (const w of this.waiters) first = Math.min(first, w.deadline);
-    this.waitTimer = setTimeout(() => this.expireWaiters(), Math.max(1, first - Date.now()));
+    this.waitTimerAt = first;
+    // setTimeout takes at most 2^31-1 ms; a longer wait re-arms when that fires.
+    const delay = Math.min(2 ** 31 - 1, Math.max(1, Math.ceil(first - performance.now())));
+    this.waitTimer = setTimeout(() => this.expireWaiters(), delay);
   }
 
   /** The queue drained: no timer should keep the process awake for deadlines nobody has any more. */
@@ -155,12 +170,14 @@ export class Pool<S extends PooledServer> {
     if (this.waitTimer === undefined) return;
     clearTimeout(this.waitTimer);
     this.waitTimer = undefined;
+    this.waitTimerAt = Infinity;
   }
 
   /** Waiters past query_wait_timeout get 53300; the timer is re-armed for the next deadline. */
   private expireWaiters(): void {
     this.waitTimer = undefined;
-    const now = Date.now();
+    this.waitTimerAt = Infinity;
+    const now = performance.now();
     const expired = this.waiters.filter((w) => w.deadline <= now);
     if (expired.length) {
       const kept = this.waiters.filter((w) => w.deadline > now);
@@ -254,6 +271,17 @@ export class Pool<S extends PooledServer> {
 
   /** A server became available: the first waiter gets it, else it goes idle. */
   private place(s: S): void {
+    this.toPlace.push(s);
+    if (this.placing) return;
+    this.placing = true;
+    try {
+      for (let next = this.toPlace.shift(); next; next = this.toPlace.shift()) this.placeOne(next);
+    } finally {
+      this.placing = false;
+    }
+  }
+
+  private placeOne(s: S): void {
     if (this.closedForGood) {
       s.close('pool closed');
       return;
@@ -331,14 +359,12 @@ export class Pool<S extends PooledServer> {
   /** After RESUME: serve the clients that queued while paused. */
   resumed(): void {
     if (this.paused) return;
+    // Idle servers go through place(): one loop hands them to the waiters, without nesting (see `placing`).
     for (;;) {
-      const w = this.waiters[0];
-      if (!w) break;
+      if (this.waiters.length <= this.toPlace.length) break;
       const s = this.takeIdle();
       if (!s) break;
-      this.waiters.shift();
-      if (this.waiters.length === 0) this.disarmWaitTimer();
-      w.done(null, this.lend(s, this.now() - w.since));
+      this.place(s);
     }
     this.grow();
   }

@@ -76,11 +76,11 @@ type Expectation =
   | { kind: 'swallowClose'; name: string; stale?: true } // injected Close (evicted or stale): drop CloseComplete
   | { kind: 'synth'; make: () => Buffer }; // answer the client ourselves at this point
 
-/** Client messages the relay reads; COPY data and the like stream through. */
 /** The field-less expectations, shared (never mutated): no allocation per statement. */
 const EXPECT_QUERY: Expectation = Object.freeze({ kind: 'query' });
 const EXPECT_SYNC: Expectation = Object.freeze({ kind: 'sync' });
 
+/** Client messages the relay reads; COPY data and the like stream through. */
 const CLIENT_POLICY = scanPolicy({
   Q: Scan.INSPECT,
   P: Scan.INSPECT,
@@ -237,6 +237,11 @@ export class TransactionRelay implements ScanHandler, ServerSink {
   fromClient(chunk: Buffer): void {
     if (this.ended) return;
     this.stats.received += chunk.length;
+    this.take(chunk);
+  }
+
+  /** A client chunk, counted once: held while no server is leased, else scanned toward the server. */
+  private take(chunk: Buffer): void {
     if (!this.lease) {
       if (this.heldBytes === 0 && !this.acquiring && this.scanner.atBoundary && this.answerLocally(chunk))
         return;
@@ -356,7 +361,7 @@ export class TransactionRelay implements ScanHandler, ServerSink {
     this.client.resume();
     for (const chunk of held) {
       if (!this.lease || this.ended) break;
-      this.fromClient(chunk);
+      this.take(chunk);
     }
     // Nothing needed a reply (e.g. only a Flush): give the server back.
     this.maybeRelease();
@@ -675,8 +680,14 @@ export class TransactionRelay implements ScanHandler, ServerSink {
   private refuseWith(err: PgError, isQuery: boolean): boolean {
     this.scanner.flushBefore();
     this.synth(() => encodeError(err));
-    if (isQuery) this.synth(() => encodeReadyForQuery(this.lease?.server.txStatus ?? this.clientStatus));
-    else this.skipUntilSync = true;
+    if (isQuery) {
+      this.synth(() => {
+        const status = this.lease?.server.txStatus ?? this.clientStatus;
+        // The Query is answered here: its clock stops as a server's ReadyForQuery would stop it.
+        this.clock.ready(status.charCodeAt(0), (this.lease?.server.outstanding ?? 0) > 0);
+        return encodeReadyForQuery(status);
+      });
+    } else this.skipUntilSync = true;
     return true;
   }
 

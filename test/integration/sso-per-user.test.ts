@@ -45,13 +45,13 @@ const erin = `erin-${tag}@example.com`;
 const frank = `frank-${tag}@example.com`;
 const personRoles = [alice, dave, perUserRoleName(carol)!, erin, frank];
 
-async function token(email: string, groups: string[]): Promise<string> {
+async function token(email: string, groups: string[], subject = email): Promise<string> {
   const now = Math.floor(Date.now() / 1000);
   const t = await new SignJWT({ email, email_verified: true, groups })
     .setProtectedHeader({ alg: 'RS256', kid: signing.kid })
     .setIssuer(issuer)
     .setAudience('gprxy')
-    .setSubject(email)
+    .setSubject(subject)
     .setIssuedAt(now)
     .setExpirationTime(now + 300)
     .sign(signing.privateKey);
@@ -217,6 +217,15 @@ test('alice gets her own login, a member of the mapped role; its password is kep
 
   const second = await whoami(alice, ['dba']);
   assert.deepEqual(second, first);
+  // The same email with another subject is another person: alice's login is not theirs.
+  await assert.rejects(
+    connect(alice, await token(alice, ['dba'], 'someone-else')),
+    (e: Error & { code?: string }) => {
+      assert.equal(e.code, '28000');
+      assert.match(e.message, /another identity provider or subject/);
+      return true;
+    },
+  );
   assert.equal((await roleInfo(alice))!.oid, info.oid, 'the same role');
   assert.equal(logged('sso_per_user_created', alice).length, 1, 'created once');
   assert.equal(
