@@ -710,10 +710,6 @@ export class ClientSession implements ClientIO, AuthChannel {
     this.transition('closing');
     clearTimeout(this.loginTimer);
     clearTimeout(this.expiryTimer);
-    const endEv = this.ctx.events.sessionEnd;
-    if (this.started && endEv.hasSubscribers) {
-      endEv.publish({ session: this.id, reason, durationMs: Date.now() - this.connectedAt });
-    }
     const w = this.frameWaiter;
     this.frameWaiter = null;
     w?.reject(new PgError('FATAL', '08006', 'client went away', { code: 'GPRXY_CLIENT_GONE' }));
@@ -723,6 +719,11 @@ export class ClientSession implements ClientIO, AuthChannel {
     const txLease = this.txRelay?.stop() ?? null;
     const pinned = this.txRelay?.pinReason != null;
     this.txRelay = null;
+    // After the relays stopped: statements they were still tracking are recorded under this session first.
+    const endEv = this.ctx.events.sessionEnd;
+    if (this.started && endEv.hasSubscribers) {
+      endEv.publish({ session: this.id, reason, durationMs: Date.now() - this.connectedAt });
+    }
     this.socket.end();
     setTimeout(() => this.socket.destroy(), 1000).unref();
     const lease = this.lease;

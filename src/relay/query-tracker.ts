@@ -12,6 +12,8 @@ type Entry =
       t0: number;
       rows: number | null;
       copy: 'in' | 'out' | undefined;
+      /** CommandComplete (or an empty query) arrived: the statement ran, whatever comes after. */
+      completed: boolean;
     }
   | { kind: 'sync' };
 
@@ -51,6 +53,7 @@ export class QueryTracker {
       t0: performance.now(),
       rows: null,
       copy: undefined,
+      completed: false,
     });
   }
 
@@ -83,12 +86,16 @@ export class QueryTracker {
     const head = this.pending[0];
     if (!head || head.kind === 'sync') return;
     head.rows = tagRows(tag) ?? head.rows;
+    head.completed = true;
     if (head.kind === 'extended') this.finish();
   }
 
   /** PortalSuspended or EmptyQueryResponse end an Execute without a tag. */
   executeDone(): void {
-    if (this.pending[0]?.kind === 'extended') this.finish();
+    const head = this.pending[0];
+    if (!head || head.kind === 'sync') return;
+    head.completed = true;
+    if (head.kind === 'extended') this.finish();
   }
 
   copy(direction: 'in' | 'out'): void {
@@ -122,6 +129,26 @@ export class QueryTracker {
       const e = this.finishLater;
       this.finishLater = undefined;
       this.finish(e?.sqlstate, e?.message);
+    }
+  }
+
+  /**
+   * The session ended (the client left, or the server went) with statements still waiting for their
+   * ReadyForQuery: each is recorded with what is known, so the trail never loses a statement that reached the
+   * server. One that neither completed nor failed is recorded as cut off (08006).
+   */
+  end(): void {
+    while (this.pending.length > 0) {
+      const head = this.pending[0]!;
+      if (head.kind === 'sync') {
+        this.pending.shift();
+        continue;
+      }
+      const failed = this.finishLater;
+      this.finishLater = undefined;
+      if (failed) this.finish(failed.sqlstate, failed.message);
+      else if (head.completed) this.finish();
+      else this.finish('08006', 'the session ended before the statement completed');
     }
   }
 

@@ -183,6 +183,7 @@ export class SessionRelay implements ScanHandler, ServerSink {
   stop(): void {
     this.ended = true;
     this.client.onDrain = undefined;
+    this.tracker?.end();
     if (!this.server.closed) this.server.detach();
   }
 }

@@ -897,6 +897,7 @@ export class TransactionRelay implements ScanHandler, ServerSink {
   stop(): Lease<ServerConnection> | null {
     this.ended = true;
     this.client.onDrain = undefined;
+    this.tracker?.end();
     const lease = this.lease;
     this.lease = null;
     if (lease && !lease.server.closed) {
