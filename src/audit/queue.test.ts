@@ -43,3 +43,29 @@ test('a failing sink keeps its records until it recovers; a full queue drops and
   assert.equal(q.depth, 0);
   await q.close();
 });
+
+test('records arriving one by one reach the sink in batches, not a write each', async () => {
+  const sizes: number[] = [];
+  const s: AuditSink = {
+    name: 'disk',
+    async write(records) {
+      sizes.push(records.length);
+      await new Promise((r) => setTimeout(r, 3)); // a write takes a while, as a file write under load does
+    },
+    async close() {},
+  };
+  const q = new AuditQueue(s, 10_000, 'drop', () => undefined);
+  // 100 records about 1 ms apart: ~100 ms, so ~8 batches at the 10 ms flush delay (+3 ms per write). Records that
+  // arrive during a write wait for the next batch instead of being written back to back (~35 writes).
+  for (let i = 0; i < 100; i++) {
+    q.push({ i });
+    await new Promise((r) => setTimeout(r, 1));
+  }
+  await q.close();
+  assert.equal(
+    sizes.reduce((a, b) => a + b, 0),
+    100,
+    'every record written',
+  );
+  assert.ok(sizes.length <= 16, `${sizes.length} writes for 100 records`);
+});

@@ -27,6 +27,9 @@ export class AuditQueue {
   private timer: NodeJS.Timeout | undefined;
   /** A flush is scheduled (flushDelayMs after the first record since the last one). */
   private scheduled: NodeJS.Timeout | undefined;
+  private closing = false;
+  /** The last write failed: retries come from the retry timer only, not from every new record. */
+  private failing = false;
   private readonly flushSoon = () => {
     this.scheduled = undefined;
     void this.flush();
@@ -63,16 +66,22 @@ export class AuditQueue {
       return false;
     }
     this.items.push(record);
-    if (this.flushing) return true; // drain() takes it with the next batch
+    if (this.flushing) return true; // the flush in progress schedules what is left when it ends
+    this.schedule();
+    return true;
+  }
+
+  /** A full batch is written now; a partial one flushDelayMs after it was started, to let it fill. */
+  private schedule(): void {
+    if (this.failing || this.closing) return;
     if (this.items.length >= this.batchSize) {
       if (this.scheduled) clearTimeout(this.scheduled);
       this.scheduled = undefined;
       queueMicrotask(this.flushSoon);
-    } else if (!this.scheduled) {
+    } else if (!this.scheduled && this.items.length > 0) {
       this.scheduled = setTimeout(this.flushSoon, this.flushDelayMs);
       this.scheduled.unref();
     }
-    return true;
   }
 
   /** Resolves when there is room again (policy block: the session pauses its client until then). */
@@ -89,6 +98,8 @@ export class AuditQueue {
     // in `flushing` would stop every later flush).
     this.flushing = this.drain().finally(() => {
       this.flushing = null;
+      // Records that came during the write: a new batch, on the same clock as any other (not a write per record).
+      this.schedule();
     });
     return this.flushing;
   }
@@ -99,17 +110,22 @@ export class AuditQueue {
       try {
         await this.sink.write(batch);
       } catch (e) {
+        this.failing = true;
         this.onSinkError(this.sink.name, e as Error);
         return; // kept, retried by the timer
       }
+      this.failing = false;
       this.items.splice(0, batch.length);
       this.written += batch.length;
       if (!this.full) for (const w of this.waiters.splice(0)) w();
+      // Whole batches go on at once; a partial one waits to fill (see schedule()).
+      if (this.items.length < this.batchSize) return;
     }
   }
 
   /** Graceful shutdown: everything queued is written (or the deadline passes), then sinks close. */
   async close(deadlineMs = 10_000): Promise<void> {
+    this.closing = true;
     clearInterval(this.timer);
     if (this.scheduled) clearTimeout(this.scheduled);
     this.scheduled = undefined;
