@@ -8,6 +8,7 @@
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import {
+  cleanup,
   envInt,
   fmt,
   installSignalHandlers,
@@ -109,6 +110,7 @@ async function main(): Promise<number> {
   ];
   process.stdout.write(`${textTable(rows)}\n`);
   const m = machineInfo();
+  await cleanup();
   if (process.env.BENCH_NO_DOC) return failed ? 1 : 0;
   writeGeneratedBlock(
     'bench-floor',
