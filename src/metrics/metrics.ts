@@ -56,6 +56,16 @@ export interface ProxyMetrics {
 export function createMetrics(source: MetricsSource, events: ProxyEvents): ProxyMetrics {
   const registry = new Registry();
   const registers = [registry];
+  // One pool snapshot per scrape: every pool metric reads the same rows, and the sessions behind them are walked
+  // once instead of once per metric. Outside scrape() (the registry read directly), each read is fresh.
+  type PoolRows = ReturnType<MetricsSource['pools']>;
+  let scraping = false;
+  let snapshot: PoolRows | undefined;
+  const pools = (): PoolRows => {
+    if (!scraping) return source.pools();
+    snapshot ??= source.pools();
+    return snapshot;
+  };
   collectDefaultMetrics({ register: registry, prefix: 'gprxy_' });
 
   new Gauge({
@@ -75,7 +85,7 @@ export function createMetrics(source: MetricsSource, events: ProxyEvents): Proxy
     registers,
     collect() {
       this.reset();
-      for (const p of source.pools()) {
+      for (const p of pools()) {
         const l = { database: p.database, user: p.user };
         this.set({ ...l, state: 'active' }, p.sv_active);
         this.set({ ...l, state: 'idle' }, p.sv_idle);
@@ -90,7 +100,7 @@ export function createMetrics(source: MetricsSource, events: ProxyEvents): Proxy
     registers,
     collect() {
       this.reset();
-      for (const p of source.pools()) this.set({ database: p.database, user: p.user }, p.cl_waiting);
+      for (const p of pools()) this.set({ database: p.database, user: p.user }, p.cl_waiting);
     },
   });
   new Gauge({
@@ -100,14 +110,10 @@ export function createMetrics(source: MetricsSource, events: ProxyEvents): Proxy
     registers,
     collect() {
       this.reset();
-      for (const p of source.pools()) this.set({ database: p.database, user: p.user }, p.maxwait_ms / 1000);
+      for (const p of pools()) this.set({ database: p.database, user: p.user }, p.maxwait_ms / 1000);
     },
   });
-  const totals = (
-    name: string,
-    help: string,
-    pick: (p: ReturnType<MetricsSource['pools']>[number]) => number,
-  ) =>
+  const totals = (name: string, help: string, pick: (p: PoolRows[number]) => number) =>
     new Counter({
       name,
       help,
@@ -115,7 +121,7 @@ export function createMetrics(source: MetricsSource, events: ProxyEvents): Proxy
       registers,
       collect() {
         this.reset();
-        for (const p of source.pools()) this.inc({ database: p.database, user: p.user }, pick(p));
+        for (const p of pools()) this.inc({ database: p.database, user: p.user }, pick(p));
       },
     });
   totals(
@@ -144,7 +150,7 @@ export function createMetrics(source: MetricsSource, events: ProxyEvents): Proxy
     registers,
     collect() {
       this.reset();
-      for (const p of source.pools()) {
+      for (const p of pools()) {
         this.inc({ database: p.database, user: p.user, result: 'hit' }, p.prepared_hits);
         this.inc({ database: p.database, user: p.user, result: 'miss' }, p.prepared_misses);
       }
@@ -152,21 +158,21 @@ export function createMetrics(source: MetricsSource, events: ProxyEvents): Proxy
   });
   poolHistogram(
     registry,
-    source,
+    pools,
     'gprxy_server_wait_seconds',
     'Time a client waited for a server (0 when one was idle)',
     'wait',
   );
   poolHistogram(
     registry,
-    source,
+    pools,
     'gprxy_query_duration_seconds',
     'Time from a request to its ReadyForQuery, while the client holds a server',
     'query',
   );
   poolHistogram(
     registry,
-    source,
+    pools,
     'gprxy_transaction_duration_seconds',
     'Time from the first request after idle to ReadyForQuery "I" (autocommit statements included)',
     'xact',
@@ -231,7 +237,14 @@ export function createMetrics(source: MetricsSource, events: ProxyEvents): Proxy
   return {
     registry,
     async scrape() {
-      return { contentType: registry.contentType, body: await registry.metrics() };
+      scraping = true;
+      snapshot = undefined;
+      try {
+        return { contentType: registry.contentType, body: await registry.metrics() };
+      } finally {
+        scraping = false;
+        snapshot = undefined;
+      }
     },
     close() {
       events.clientLogin.unsubscribe(onLogin);
@@ -245,7 +258,7 @@ export function createMetrics(source: MetricsSource, events: ProxyEvents): Proxy
 /** A histogram rendered at scrape time from the pools' own bucket counts (per database and user). */
 function poolHistogram(
   registry: Registry,
-  source: MetricsSource,
+  pools: MetricsSource['pools'],
   name: string,
   help: string,
   pick: PoolHistogram,
@@ -258,7 +271,7 @@ function poolHistogram(
     reset() {},
     get() {
       const values: MetricValueWithName<string>[] = [];
-      for (const p of source.pools()) {
+      for (const p of pools()) {
         const h = p[pick];
         const labels = { database: p.database, user: p.user };
         let cumulative = 0;

@@ -37,8 +37,6 @@ export class Lease<S extends PooledServer> {
   constructor(
     readonly server: S,
     private readonly pool: Pool<S>,
-    /** When the server was lent (pool clock). */
-    readonly since: number,
   ) {}
 
   release(reusable: boolean, reason = 'not reusable'): void {
@@ -212,12 +210,11 @@ export class Pool<S extends PooledServer> {
 
   private lend(s: S, waitMs: number): Lease<S> {
     this.active.add(s);
-    const now = this.now();
-    s.lastUsedAt = now;
+    s.lastUsedAt = this.now();
     this.stats.leases++;
     this.stats.waitMs += waitMs;
     this.stats.wait.observe(waitMs);
-    return new Lease(s, this, now);
+    return new Lease(s, this);
   }
 
   private recentFailure(): PgError | undefined {

@@ -116,10 +116,7 @@ export class SessionRelay implements ScanHandler, ServerSink {
     } else if (type === 0x51 /* Q */ || type === 0x46 /* F */) {
       this.server.outstanding++;
     } else {
-      if (type === 0x50 /* P */) {
-        this.stats.clientParses++;
-        this.stats.serverParses++;
-      } else if (type === 0x42 /* B */) this.stats.binds++;
+      this.countExtended(type);
       // Parse/Bind/Execute/Describe/Close: until the Sync, the server holds an implicit transaction (or, after an
       // error, skips everything up to a Sync). A client leaving now leaves a server no Query can clean.
       this.server.unsynced = true;
@@ -130,10 +127,7 @@ export class SessionRelay implements ScanHandler, ServerSink {
     const t = this.tracker;
     if (t && type !== 0x58) {
       this.clock.request();
-      if (type === 0x50 /* P */) {
-        this.stats.clientParses++;
-        this.stats.serverParses++;
-      } else if (type === 0x42 /* B */) this.stats.binds++;
+      this.countExtended(type);
       trackClientMessage(t, type, body);
       if (type === 0x51 /* Q */) this.server.outstanding++;
       else this.server.unsynced = true;
@@ -146,6 +140,14 @@ export class SessionRelay implements ScanHandler, ServerSink {
       queueMicrotask(() => this.events.terminate());
     }
     return true;
+  }
+
+  /** Parse and Bind counts (SHOW STATS): in session mode every Parse reaches the server as the client sent it. */
+  private countExtended(type: number): void {
+    if (type === 0x50 /* P */) {
+      this.stats.clientParses++;
+      this.stats.serverParses++;
+    } else if (type === 0x42 /* B */) this.stats.binds++;
   }
 
   forward(bytes: Buffer): void {
