@@ -1,7 +1,7 @@
 // The embedded default's state: a PostgreSQL under a state directory, a demo database and role whose SCRAM
 // verifier gprxy shares (so logins pass through with no plaintext stored), and the gprxy config that serves it.
-import { randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
+import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { homedir, tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
@@ -36,11 +36,15 @@ function persistentSecret(dir: string, name: string): string {
   return v;
 }
 
-/** PostgreSQL runs as the `postgres` user when we are root, so its data must sit where that user can reach it. */
+/**
+ * PostgreSQL runs as the `postgres` user when we are root, so its data must sit where that user can reach it: then
+ * a directory of its own under the temp dir per state directory (two state dirs never share a cluster).
+ */
 function pgDataDir(stateDir: string): string {
   const inState = join(stateDir, 'pgdata');
   if (userInfo().uid !== 0 || reachableByOthers(inState)) return inState;
-  const dir = join(tmpdir(), `gprxy-dev-${userInfo().uid}`);
+  const tag = createHash('sha256').update(stateDir).digest('hex').slice(0, 12);
+  const dir = join(tmpdir(), `gprxy-dev-${userInfo().uid}-${tag}`);
   mkdirSync(dir, { recursive: true });
   chmodSync(dir, 0o755);
   return join(dir, 'pgdata');
@@ -72,9 +76,13 @@ async function adminSql(pg: EmbeddedPg, database: string, statements: string[]):
 
 export async function prepareDev(stateDir: string, onLog: (line: string) => void): Promise<DevState> {
   mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+  const dataDir = pgDataDir(stateDir);
+  // A cluster belongs to the superuser password kept beside it: with that password gone (a state directory removed
+  // or recreated) nobody can log in to the old cluster, so it is made afresh instead of failing every login.
+  if (!existsSync(join(stateDir, 'postgres.password'))) rmSync(dataDir, { recursive: true, force: true });
   const superPassword = persistentSecret(stateDir, 'postgres.password');
   const demoPassword = persistentSecret(stateDir, 'demo.password');
-  const pg = await startEmbeddedPostgres({ dataDir: pgDataDir(stateDir), password: superPassword, onLog });
+  const pg = await startEmbeddedPostgres({ dataDir, password: superPassword, onLog });
   const demo = { user: 'demo', password: demoPassword, database: 'demo' };
   const ssoVerifiers = {
     dba: await makeScramVerifier(persistentSecret(stateDir, `${SSO_ROLES.dba}.password`)),

@@ -3,7 +3,7 @@
 // the data.
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
@@ -105,4 +105,15 @@ test('gprxy dev serves a demo database, stops on SIGINT, and keeps its data', as
   assert.deepEqual(r2.rows, [{ v: 'from the first run' }]);
   await c2.end();
   await stop(second.child);
+
+  // The state's secrets lost (a state directory recreated) while the cluster stays: the cluster is made afresh
+  // with the new passwords instead of every login failing with 28P01.
+  for (const f of readdirSync(stateDir)) if (f.endsWith('.password')) rmSync(join(stateDir, f));
+  const third = await startDev();
+  const c3 = new pg.Client({ connectionString: third.url });
+  await c3.connect();
+  const r3 = await c3.query("SELECT to_regclass('kept') AS t");
+  assert.deepEqual(r3.rows, [{ t: null }], 'a fresh cluster');
+  await c3.end();
+  await stop(third.child);
 });
